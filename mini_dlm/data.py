@@ -1,0 +1,97 @@
+"""
+Data: read a UTF-8 text file, split it (first 90% train, last 10% validation, cut at a line
+break), train the tokenizer on the training text, encode both halves, and cache the result
+next to the checkpoints so the second run starts in well under a second.
+
+The model is trained on random windows of the packed token stream (nanoGPT style).
+"""
+
+import hashlib
+import os
+
+import torch
+
+from mini_dlm.checkpoint import atomic_save, safe_load
+from mini_dlm.tokenizer import Tokenizer
+
+DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "data", "tinyshakespeare.txt")
+VAL_FRACTION = 0.1
+CACHE_VERSION = 1
+
+
+def read_text(path):
+    """Read a UTF-8 text file; ValueError with one clear line for anything else."""
+    if not os.path.exists(path):
+        raise ValueError(f"data file not found: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"data path is not a file: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if b"\x00" in raw:
+        raise ValueError(f"data file looks binary (it contains NUL bytes): {path}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data file is not valid UTF-8 (bad byte at offset {e.start}): {path}") from None
+    if not text.strip():
+        raise ValueError(f"data file is empty: {path}")
+    return text, raw
+
+
+def split_text(text, val_fraction=VAL_FRACTION):
+    """Deterministic split: the validation text starts at the first line break after 90%."""
+    cut = int(len(text) * (1 - val_fraction))
+    nl = text.find("\n", cut)
+    cut = nl + 1 if 0 <= nl < len(text) - 1 else cut
+    return text[:cut], text[cut:]
+
+
+def check_length(train, val, seq_len):
+    if min(len(train), len(val)) <= seq_len + 1:
+        raise ValueError(f"--seq-len {seq_len} is longer than the data: {len(train)} train / {len(val)} "
+                         f"validation tokens; use a smaller --seq-len or a larger --data file")
+
+
+def prepare_data(path, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tokenizer=None):
+    """-> (tokenizer, train_ids, val_ids) as int32 tensors. Trains the tokenizer unless one is
+    given (e.g. from a checkpoint being resumed). Cached in cache_dir, keyed by file content.
+    Both splits must hold more than seq_len + 1 tokens (checked before anything is written)."""
+    text, raw = read_text(path)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    cache = os.path.join(cache_dir, f"tokens-{digest}-{tokenizer_kind}{vocab_size}-v{CACHE_VERSION}.pt")
+    c = load_cache(cache)
+    if c and (tokenizer is None or c[0].fingerprint() == tokenizer.fingerprint()):
+        check_length(c[1], c[2], seq_len)
+        return c
+    train_text, val_text = split_text(text)
+    fresh = tokenizer is None
+    if fresh:
+        tokenizer = Tokenizer.train(train_text, vocab_size) if tokenizer_kind == "bpe" else Tokenizer(tokenizer_kind)
+    train = torch.tensor(tokenizer.encode(train_text), dtype=torch.int32)
+    val = torch.tensor(tokenizer.encode(val_text), dtype=torch.int32)
+    check_length(train, val, seq_len)
+    if fresh:  # a tokenizer handed in may differ from what the key promises: don't cache it
+        os.makedirs(cache_dir, exist_ok=True)
+        atomic_save({"tokenizer": tokenizer.to_dict(), "train": train, "val": val}, cache)
+    return tokenizer, train, val
+
+
+def load_cache(path):
+    """-> (tokenizer, train, val) from a token cache, or None if it is missing or damaged."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        c = safe_load(path, "token cache")
+        return Tokenizer.from_dict(c["tokenizer"]), c["train"], c["val"]
+    except (ValueError, KeyError, TypeError):
+        return None  # rebuilt and overwritten
+
+
+def get_batch(ids, batch_size, length, generator, device):
+    """Random windows of the token stream: (batch_size, length) int64 on device."""
+    starts = torch.randint(0, len(ids) - length + 1, (batch_size,), generator=generator)
+    x = torch.stack([ids[s:s + length] for s in starts.tolist()]).long()  # (B, length)
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)

@@ -1,0 +1,161 @@
+"""
+The mask predictor: a small pre-norm Transformer (RoPE, RMSNorm, SwiGLU, as in LLaDA / LLaMA).
+
+A masked diffusion LM is an ordinary Transformer with two differences from GPT:
+  1. no causal mask: every position sees the whole canvas (LLaDA's "mask predictor");
+  2. the output logit of the mask token M is -inf, so M is never predicted (MDLM's SUBS
+     parameterisation: a masked position must turn into a real token).
+With objective="ar" the same network is a causal next-token model: the AR baseline.
+
+Attention takes an optional boolean mask (True = may attend) so other patterns (block-causal
+for block diffusion, padding for batched prompts) plug in without touching this file.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OBJECTIVES = ("mdm", "ar")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 2048  # V, including <|endoftext|> and <|mask|>
+    seq_len: int = 512  # context length: the longest canvas the model has seen
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    mask_id: int = 2047  # M: the absorbing "mask" token; its output logit is -inf
+    objective: str = "mdm"  # "mdm": bidirectional mask predictor | "ar": causal next-token
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head size n_embd/n_head = {self.n_embd // self.n_head} must be even for RoPE")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0 <= self.mask_id < self.vocab_size:
+            raise ValueError(f"mask_id {self.mask_id} outside the vocabulary of {self.vocab_size}")
+
+
+def rope_tables(seq_len, head_dim, base):
+    """cos, sin of the rotary angles pos * base^(-2i/D) (Su et al. 2021): each (seq_len, D/2)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each (x1, x2) pair of halves of the head dimension by its position's angle."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask, is_causal):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x), hidden ~ 8/3 * n_embd, rounded up to 64."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = 64 * math.ceil(8 * cfg.n_embd / 3 / 64)
+        self.w1 = nn.Linear(cfg.n_embd, hidden, bias=False)
+        self.w3 = nn.Linear(cfg.n_embd, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(cfg.n_embd, eps=1e-6), nn.RMSNorm(cfg.n_embd, eps=1e-6)
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, attn_mask, is_causal):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, is_causal))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = nn.RMSNorm(cfg.n_embd, eps=1e-6)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.seq_len, cfg.n_embd // cfg.n_head, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.proj.weight", "mlp.w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, attn_mask=None, pos=None):
+        """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf.
+        attn_mask: None for the objective's own pattern (full for mdm, causal for ar), or a
+        bool tensor broadcastable to (B, H, T, T), True where query t may attend to key s.
+        pos: positions (T,) or (B, T) for RoPE; default 0..T-1."""
+        B, T = idx.shape
+        if pos is None:
+            pos = torch.arange(T, device=idx.device)
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2) or (B, T, D/2)
+        if cos.dim() == 3:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D/2): broadcast over heads
+        is_causal = attn_mask is None and self.config.objective == "ar"
+        x = self.wte(idx)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cos, sin, attn_mask, is_causal)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        logits[..., self.config.mask_id] = float("-inf")  # SUBS: never predict M
+        return logits
+
+    def num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wte.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, T):
+        """Training FLOPs per token (PaLM appendix B, as in nanoGPT): 6N for the matmuls plus
+        12 * n_layer * n_embd * T for attention scores and values over a length-T context."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+
+    def configure_optimizer(self, lr, weight_decay, betas, device_type):
+        """AdamW with weight decay on matrices and embeddings only (not on norm gains)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")

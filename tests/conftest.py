@@ -1,0 +1,41 @@
+"""Shared fixtures. Run the suite with:  python -m pytest -q tests"""
+
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # train_tiny.py and sample.py are importable as modules
+
+from mini_dlm.data import DEFAULT_DATA  # noqa: E402
+from mini_dlm.model import ModelConfig, Transformer  # noqa: E402
+from mini_dlm.tokenizer import Tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    """The first 60k characters of the shipped corpus: enough for every test, fast to tokenize."""
+    with open(DEFAULT_DATA, encoding="utf-8") as f:
+        return f.read()[:60_000]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus):
+    return Tokenizer.train(corpus, 320)
+
+
+@pytest.fixture(scope="session")
+def corpus_file(corpus, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.txt"
+    path.write_text(corpus, encoding="utf-8")
+    return str(path)
+
+
+def tiny_model(objective="mdm", vocab_size=64, seq_len=48, seed=0, **kw):
+    """A real (randomly initialised) Transformer small enough to run hundreds of times."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=2, n_head=2, n_embd=32,
+                      mask_id=vocab_size - 1, objective=objective, **kw)
+    return Transformer(cfg).eval()

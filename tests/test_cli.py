@@ -1,0 +1,152 @@
+"""train_tiny.py and sample.py end to end, checkpoints, and every bad input's one-line error.
+python -m pytest -q tests/test_cli.py"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+import train_tiny
+from conftest import ROOT
+from mini_dlm.checkpoint import load_checkpoint
+from mini_dlm.cli import run
+
+TINY = ["--device", "cpu", "--seq-len", "32", "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
+        "--batch-size", "4", "--vocab-size", "300", "--eval-windows", "4", "--warmup-iters", "2"]
+
+
+def fails_cleanly(main, argv, capsys, match):
+    """main(argv) must exit non-zero with exactly one line on stderr, containing `match`."""
+    with pytest.raises(SystemExit) as e:
+        run(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code != 0
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in err, err
+    assert match in err, err
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_file, tmp_path_factory):
+    """A 6-step training run: out-dir with ckpt.pt."""
+    out = str(tmp_path_factory.mktemp("run"))
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "6", "--eval-interval", "3"])
+    return out
+
+
+def test_train_writes_a_complete_checkpoint(trained, corpus_file):
+    ckpt = torch.load(os.path.join(trained, "ckpt.pt"), weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["optimizer"] is not None
+    assert ckpt["train_config"]["seq_len"] == 32 and ckpt["val"]["nats"] > 0
+    assert not [f for f in os.listdir(trained) if ".tmp" in f]  # no temporary files left behind
+    model, tok, _ = load_checkpoint(os.path.join(trained, "ckpt.pt"))
+    # round trip: the loaded weights are the saved ones, the tokenizer is usable
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k])
+    assert tok.decode(tok.encode("ROMEO: how now?")) == "ROMEO: how now?"
+    assert model.config.mask_id == tok.mask_id and model.config.vocab_size == tok.vocab_size
+
+
+def test_resume_continues_from_the_saved_step(trained, corpus_file, capsys):
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", trained, "--max-iters", "9",
+                            "--eval-interval", "100", "--resume"])
+    out = capsys.readouterr().out
+    assert "resuming at step 6" in out and "step 00009/00009" in out and "step 00001" not in out
+    assert torch.load(os.path.join(trained, "ckpt.pt"), weights_only=True)["step"] == 9
+
+
+def test_second_run_uses_the_token_cache(trained, corpus_file, capsys):
+    cache = [f for f in os.listdir(trained) if f.startswith("tokens-")]
+    assert len(cache) == 1
+    mtime = os.path.getmtime(os.path.join(trained, cache[0]))
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", trained, "--max-iters", "1", "--eval-interval", "100"])
+    assert os.path.getmtime(os.path.join(trained, cache[0])) == mtime
+
+
+def test_sample_prints_text_and_stats(trained, capsys):
+    sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--gen-len", "8",
+                 "--steps", "4", "--block-len", "4", "--num-samples", "2", "--show-steps", "--prompt", "ROMEO:"])
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 2 and out.count("\nstep ") == 4
+    assert "░" in out.split("\nstep ")[1]  # the first step still shows masked positions
+    assert "forward passes 4 | 2.00 tokens/forward" in out
+
+
+def test_cli_end_to_end_in_a_fresh_process(corpus_file, tmp_path):
+    """The scripts as a user runs them: a real process, its exit code and output."""
+    out = str(tmp_path)
+    r = subprocess.run([sys.executable, "train_tiny.py", *TINY, "--data", corpus_file, "--out-dir", out,
+                        "--max-iters", "2", "--eval-interval", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "eval step 00002" in r.stdout
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", os.path.join(out, "ckpt.pt"), "--device", "cpu",
+                        "--gen-len", "8", "--steps", "5", "--block-len", "4"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --steps 5 is not a multiple of the number of blocks (2 = gen-len / block-len)"]
+
+
+# --- bad input: one line, non-zero exit, nothing half-written ----------------------------------
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "not found"),
+    (b"", "empty"),
+    (b"  \n\n", "empty"),
+    (b"\x7fELF\x02\x01\x00\x00binary", "binary"),
+    ("caf\u00e9".encode("latin-1") * 100, "not valid UTF-8"),
+])
+def test_bad_data_files(tmp_path, capsys, content, match):
+    data = str(tmp_path / "missing.txt") if content is None else write(tmp_path, "d.txt", content)
+    out = tmp_path / "out"
+    fails_cleanly(train_tiny.main, TINY + ["--data", data, "--out-dir", str(out)], capsys, match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--seq-len", "100000"], "longer than the data"),
+    (["--n-layer", "0"], "positive integer"),
+    (["--batch-size", "-3"], "positive integer"),
+    (["--n-embd", "30", "--n-head", "4"], "divisible"),
+    (["--lr", "fast"], "expected a number"),
+])
+def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
+    out = tmp_path / "out"
+    fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(out)] + flags, capsys, match)
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
+    fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(tmp_path), "--resume"],
+                  capsys, "checkpoint not found")
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--gen-len", "30", "--block-len", "8"], "not divisible by --block-len"),
+    (["--gen-len", "16", "--block-len", "4", "--steps", "6"], "not a multiple of the number of blocks"),
+    (["--gen-len", "8", "--block-len", "4", "--steps", "16"], "larger than --gen-len"),
+    (["--gen-len", "16", "--steps", "16", "--block-len", "8", "--prompt", "word " * 40], "context"),
+    (["--gen-len", "0"], "positive integer"),
+    (["--temperature", "-1"], ">= 0"),
+])
+def test_bad_sampling_flags(trained, capsys, flags, match):
+    fails_cleanly(sample.main, ["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu"] + flags, capsys, match)
+
+
+def test_bad_checkpoints(trained, tmp_path, capsys):
+    good = open(os.path.join(trained, "ckpt.pt"), "rb").read()
+    cases = {
+        str(tmp_path / "nope.pt"): "checkpoint not found",
+        write(tmp_path, "truncated.pt", good[: len(good) // 2]): "truncated or not a torch file",
+        write(tmp_path, "text.pt", b"hello, not a checkpoint\n"): "truncated or not a torch file",
+    }
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    cases[str(tmp_path / "foreign.pt")] = "not a mini_dlm checkpoint"
+    for path, match in cases.items():
+        fails_cleanly(sample.main, ["--ckpt", path, "--device", "cpu"], capsys, match)

@@ -1,0 +1,172 @@
+"""
+Train a tiny masked diffusion LM (or its AR twin) on a text file.
+
+    python train_tiny.py                       # defaults: a model worth sampling after minutes on a GPU
+    python train_tiny.py --device cpu --seq-len 64 --n-layer 2 --n-head 4 --n-embd 128 \
+        --batch-size 16 --max-iters 300 --eval-interval 100 --dropout 0   # ~1 minute on a 2-core CPU
+    python train_tiny.py --objective ar --out-dir out-ar                  # the AR baseline
+
+Writes <out-dir>/ckpt.pt (weights, optimizer, config, tokenizer, step) atomically at every
+evaluation, at the end, and on Ctrl-C. --resume continues from it.
+"""
+
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
+from mini_dlm.cli import Parser, non_negative_float, non_negative_int, positive_int, print_config, resolve_device, run
+from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
+from mini_dlm.diffusion import evaluate, loss_fn
+from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
+
+# dense bf16 tensor-core peaks (FLOP/s) for the MFU column; other GPUs print no MFU
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+def get_parser():
+    p = Parser(description="Train a tiny masked diffusion LM (LLaDA/MDLM ELBO) or its AR baseline.")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=DEFAULT_DATA, help="UTF-8 text file (default: the shipped tiny Shakespeare)")
+    g.add_argument("--out-dir", default="out", help="checkpoint and token-cache directory")
+    g.add_argument("--vocab-size", type=positive_int, default=2048, help="BPE vocabulary incl. 2 special tokens")
+    g.add_argument("--tokenizer", choices=("bpe", "gpt2"), default="bpe",
+                   help="bpe: trained here on --data; gpt2: tiktoken's GPT-2 (needs its files or network)")
+    g = p.add_argument_group("model")
+    g.add_argument("--objective", choices=OBJECTIVES, default="mdm", help="mdm: masked diffusion; ar: next-token baseline")
+    g.add_argument("--n-layer", type=positive_int, default=6)
+    g.add_argument("--n-head", type=positive_int, default=6)
+    g.add_argument("--n-embd", type=positive_int, default=384)
+    g.add_argument("--seq-len", type=positive_int, default=512, help="training window = the model's context")
+    g.add_argument("--dropout", type=non_negative_float, default=0.1)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max-iters", type=positive_int, default=5000)
+    g.add_argument("--batch-size", type=positive_int, default=32)
+    g.add_argument("--lr", type=non_negative_float, default=1e-3, help="peak learning rate")
+    g.add_argument("--min-lr", type=non_negative_float, default=1e-4, help="end of the cosine decay")
+    g.add_argument("--warmup-iters", type=non_negative_int, default=200)
+    g.add_argument("--weight-decay", type=non_negative_float, default=0.1)
+    g.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--seed", type=int, default=1337)
+    g.add_argument("--eval-interval", type=positive_int, default=500)
+    g.add_argument("--eval-windows", type=positive_int, default=64, help="validation windows per evaluation")
+    g.add_argument("--log-interval", type=positive_int, default=10)
+    g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return p
+
+
+def lr_at(it, args):
+    """Linear warmup to --lr, then cosine decay to --min-lr at --max-iters."""
+    if it < args.warmup_iters:
+        return args.lr * (it + 1) / args.warmup_iters
+    frac = (it - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters)
+    return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * (args.lr - args.min_lr)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    device = resolve_device(args.device)
+
+    # -- model shape: from the flags, or from the checkpoint when resuming
+    resumed = None
+    if args.resume:
+        model, tokenizer, resumed = load_checkpoint(ckpt_path)
+        cfg, tc = model.config, resumed["train_config"]
+        vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
+    else:
+        tokenizer, vocab_size, tok_kind = None, args.vocab_size, args.tokenizer
+        ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len)  # validate early
+
+    # -- data: tokenizer + token ids, cached in out-dir
+    t0 = time.time()
+    seq_len = resumed["model_config"]["seq_len"] if resumed else args.seq_len
+    tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, seq_len, tok_kind, tokenizer)
+    if not resumed:
+        cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
+                          n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
+                          mask_id=tokenizer.mask_id, objective=args.objective)
+        model = Transformer(cfg)
+    model.to(device).train()
+    optimizer = model.configure_optimizer(args.lr, args.weight_decay, (0.9, 0.95), device.type)
+    start = 0
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        start = resumed["step"]
+
+    train_config = {**vars(args), "device": str(device), "vocab_size": vocab_size, "tokenizer": tok_kind}
+    print_config("config", {**train_config, "model": cfg})
+    print(f"data: {len(train_ids):,} train / {len(val_ids):,} val tokens, vocab {tokenizer.vocab_size} "
+          f"({tok_kind}), ready in {time.time() - t0:.1f} s")
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
+          f"objective {cfg.objective}" + (f", resuming at step {start}" if resumed else ""))
+
+    torch.manual_seed(args.seed + start)
+    batch_gen = torch.Generator().manual_seed(args.seed + start)
+    step_fn = torch.compile(model) if args.compile else model
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    peak = next((f for name, f in PEAK_BF16.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
+    tokens_per_step = args.batch_size * cfg.seq_len
+
+    def do_eval(step):
+        t = time.time()
+        with amp:
+            v = evaluate(step_fn, val_ids, cfg.seq_len, batch_size=args.batch_size, max_windows=args.eval_windows)
+        what = "val nll" if cfg.objective == "ar" else "val bound"
+        print(f"eval step {step:05d} | {what} {v['nats']:.4f} nats/token | ppl <= {v['ppl']:.2f} | {time.time() - t:.1f} s")
+        return v
+
+    def save(step, val):
+        os.makedirs(args.out_dir, exist_ok=True)
+        save_checkpoint(ckpt_path, model, tokenizer, step, optimizer, train_config, val)
+
+    step, val = start, None
+    try:
+        if start == 0:
+            val = do_eval(0)
+        t_last, step_last = time.time(), start
+        while step < args.max_iters:
+            lr = lr_at(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = get_batch(train_ids, args.batch_size, cfg.seq_len + 1, batch_gen, device)  # (B, T+1)
+            with amp:
+                loss = loss_fn(step_fn, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            step += 1
+            if step % args.log_interval == 0 or step == args.max_iters:
+                loss_val = loss.item()  # syncs the device
+                dt = (time.time() - t_last) / (step - step_last)
+                t_last, step_last = time.time(), step
+                line = (f"step {step:05d}/{args.max_iters:05d} | loss {loss_val:.4f} | lr {lr:.2e} | "
+                        f"{dt * 1000:7.1f} ms | {tokens_per_step / dt:9,.0f} tok/s")
+                if peak:
+                    line += f" | mfu {model.flops_per_token(cfg.seq_len) * tokens_per_step / dt / peak:5.1%}"
+                print(line, flush=True)
+            if step % args.eval_interval == 0 or step == args.max_iters:
+                val = do_eval(step)
+                save(step, val)
+                t_last = time.time()  # evaluation time is not training time
+    except KeyboardInterrupt:
+        save(step, val)
+        print(f"\ninterrupted: saved step {step} to {ckpt_path}", file=sys.stderr)
+        sys.exit(130)
+    if start >= args.max_iters:
+        print(f"checkpoint is already at step {start} >= --max-iters {args.max_iters}; nothing to do")
+    else:
+        print(f"saved {ckpt_path} (step {step})")
+
+
+if __name__ == "__main__":
+    run(main)
