@@ -13,7 +13,7 @@ import time
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, non_negative_float, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, autocast, non_negative_float, positive_int, print_config, resolve_device, run
 from mini_dlm.sampler import REMASKING, check_schedule, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
@@ -74,7 +74,7 @@ def main(argv=None):
 
     generator = torch.Generator(device).manual_seed(args.seed)
     prompts = [prompt] * args.num_samples
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = autocast(device)
     on_step = show if args.show_steps else None
     t0 = time.time()
     with amp:

@@ -14,12 +14,11 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
-from mini_dlm.cli import Parser, non_negative_float, non_negative_int, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, autocast, non_negative_float, non_negative_int, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
@@ -80,15 +79,17 @@ def main(argv=None):
     if args.resume:
         model, tokenizer, resumed = load_checkpoint(ckpt_path)
         cfg, tc = model.config, resumed["train_config"]
+        for name in ("objective", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
+            setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
         vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
     else:
         tokenizer, vocab_size, tok_kind = None, args.vocab_size, args.tokenizer
-        ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len)  # validate early
+        ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len,
+                    dropout=args.dropout)  # validate the flags before anything is read or written
 
     # -- data: tokenizer + token ids, cached in out-dir
     t0 = time.time()
-    seq_len = resumed["model_config"]["seq_len"] if resumed else args.seq_len
-    tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, seq_len, tok_kind, tokenizer)
+    tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer)
     if not resumed:
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
@@ -111,7 +112,7 @@ def main(argv=None):
     torch.manual_seed(args.seed + start)
     batch_gen = torch.Generator().manual_seed(args.seed + start)
     step_fn = torch.compile(model) if args.compile else model
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = autocast(device)
     peak = next((f for name, f in PEAK_BF16.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
     tokens_per_step = args.batch_size * cfg.seq_len
 
@@ -119,8 +120,8 @@ def main(argv=None):
         t = time.time()
         with amp:
             v = evaluate(step_fn, val_ids, cfg.seq_len, batch_size=args.batch_size, max_windows=args.eval_windows)
-        what = "val nll" if cfg.objective == "ar" else "val bound"
-        print(f"eval step {step:05d} | {what} {v['nats']:.4f} nats/token | ppl <= {v['ppl']:.2f} | {time.time() - t:.1f} s")
+        what, rel = ("val nll", "=") if cfg.objective == "ar" else ("val bound", "<=")  # AR: exact; MDM: a bound
+        print(f"eval step {step:05d} | {what} {v['nats']:.4f} nats/token | ppl {rel} {v['ppl']:.2f} | {time.time() - t:.1f} s")
         return v
 
     def save(step, val):

@@ -5,6 +5,7 @@ ends in one line on stderr and a non-zero exit, never a traceback.
 
 import argparse
 import sys
+from contextlib import nullcontext
 
 import torch
 
@@ -24,34 +25,27 @@ def die(message, code=2):
     sys.exit(code)
 
 
-def positive_int(s):
+def number(s, kind, ok, what):
+    """Parse a flag value as kind (int or float) and check ok(value); else one-line error."""
     try:
-        v = int(s)
+        v = kind(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
     return v
+
+
+def positive_int(s):
+    return number(s, int, lambda v: v > 0, "a positive integer")
 
 
 def non_negative_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
+    return number(s, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def non_negative_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
-    return v
+    return number(s, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def resolve_device(name):
@@ -63,6 +57,11 @@ def resolve_device(name):
     return torch.device(name)
 
 
+def autocast(device):
+    """bf16 autocast on a GPU (matmuls in bf16, reductions in fp32); plain fp32 on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
 def print_config(title, cfg):
     """The resolved configuration, one 'key = value' per line, at the start of every run."""
     print(f"{title}:")
@@ -71,8 +70,11 @@ def print_config(title, cfg):
 
 
 def run(main, argv=None):
-    """Call main(argv); user errors (ValueError, OSError) become one line and exit code 2."""
+    """Call main(argv); user errors (ValueError, OSError) become one line and exit code 2,
+    Ctrl-C outside the training loop (which saves first) a short line and exit code 130."""
     try:
         return main(argv)
     except (ValueError, OSError) as e:
         die(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        die("interrupted", 130)

@@ -8,8 +8,11 @@ token by M independently with probability p. At t -> 0 the text is clean, at t =
 Loss. The model predicts x0 at masked positions. Weighting each masked cross-entropy by 1/p
 turns the average into an upper bound on -log p(x0) (the negative ELBO):
     loss = sum_{masked (b, i)} CE(f(x_t)[b, i], x0[b, i]) / p[b]  /  (B * L)
-Without 1/p (a common shortcut) the number is smaller but is no longer a likelihood bound:
-it over-weights lightly masked sequences, which are the easy ones.
+Why 1/p: if k of the L tokens are masked, integrating over t gives that state the weight
+int_0^1 (1/t) C(L,k) t^k (1-t)^(L-k) k dt = 1 for every k, so the loss is the expected cost of
+revealing the tokens one at a time in a random order (an any-order AR model), which bounds
+the NLL. Without 1/p (a common shortcut) state k gets weight k / (L + 1): heavily masked, hard
+states dominate, and the number is no longer a likelihood bound (notes/02 works this out).
 """
 
 import math

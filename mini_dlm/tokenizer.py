@@ -101,7 +101,11 @@ class Tokenizer:
             ranks = {tok: i for i, tok in enumerate(vocab)}
             pattern, name = GPT2_SPLIT, f"mini_dlm_bpe_{len(vocab) + N_SPECIAL}"
         elif kind == "gpt2":  # needs tiktoken's cached GPT-2 files or the network
-            base = tiktoken.get_encoding("gpt2")
+            try:
+                base = tiktoken.get_encoding("gpt2")
+            except Exception as e:
+                raise ValueError(f"tiktoken's gpt2 encoding is unavailable (it needs the network or a cached "
+                                 f"copy; the default --tokenizer bpe needs neither): {type(e).__name__}") from None
             ranks, pattern, name = base._mergeable_ranks, base._pat_str, "gpt2_mask"
         else:
             raise ValueError(f"unknown tokenizer kind {kind!r} (expected 'bpe' or 'gpt2')")

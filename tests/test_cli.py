@@ -114,7 +114,7 @@ def test_bad_data_files(tmp_path, capsys, content, match):
     (["--n-layer", "0"], "positive integer"),
     (["--batch-size", "-3"], "positive integer"),
     (["--n-embd", "30", "--n-head", "4"], "divisible"),
-    (["--lr", "fast"], "expected a number"),
+    (["--lr", "fast"], "expected a finite number >= 0"),
 ])
 def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
     out = tmp_path / "out"
@@ -150,3 +150,21 @@ def test_bad_checkpoints(trained, tmp_path, capsys):
     cases[str(tmp_path / "foreign.pt")] = "not a mini_dlm checkpoint"
     for path, match in cases.items():
         fails_cleanly(sample.main, ["--ckpt", path, "--device", "cpu"], capsys, match)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus_file, tmp_path):
+    """SIGINT a real training process once it has logged a step: it must save, then exit 130."""
+    import signal
+    proc = subprocess.Popen([sys.executable, "-u", "train_tiny.py", *TINY, "--data", corpus_file,
+                             "--out-dir", str(tmp_path), "--max-iters", "100000", "--log-interval", "1",
+                             "--eval-interval", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 00003/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: saved step" in err and "Traceback" not in err
+    step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
+    assert 3 <= step < 100000

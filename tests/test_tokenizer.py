@@ -50,3 +50,14 @@ def test_save_load_round_trip(tokenizer, corpus):
 def test_too_small_vocab_is_an_error(corpus):
     with pytest.raises(ValueError, match="at least 258"):
         Tokenizer.train(corpus, 100)
+
+
+def test_gpt2_option_works_or_says_why():
+    """With tiktoken's GPT-2 files (network or cache) the option works; without, one clear error."""
+    try:
+        tok = Tokenizer("gpt2")
+    except ValueError as e:
+        assert "needs the network or a cached copy" in str(e)
+        return
+    assert (tok.eot_id, tok.mask_id, tok.vocab_size) == (50256, 50257, 50258)  # GPT-2's own EOT id
+    assert tok.decode(tok.encode("Hello world")) == "Hello world"
