@@ -91,6 +91,7 @@ def main(argv=None):
     t0 = time.time()
     tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer)
     if not resumed:
+        torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
                           mask_id=tokenizer.mask_id, objective=args.objective)
@@ -109,7 +110,7 @@ def main(argv=None):
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
           f"objective {cfg.objective}" + (f", resuming at step {start}" if resumed else ""))
 
-    torch.manual_seed(args.seed + start)
+    torch.manual_seed(args.seed + start)  # masking noise; a resumed run draws fresh noise
     batch_gen = torch.Generator().manual_seed(args.seed + start)
     step_fn = torch.compile(model) if args.compile else model
     amp = autocast(device)

@@ -57,6 +57,20 @@ def test_resume_continues_from_the_saved_step(trained, corpus_file, capsys):
     assert torch.load(os.path.join(trained, "ckpt.pt"), weights_only=True)["step"] == 9
 
 
+def test_same_seed_same_weights(corpus_file, tmp_path):
+    runs = []
+    for name in ("a", "b", "a"):  # the third run repeats "a" and reuses its token cache
+        out = str(tmp_path / name)
+        train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "3", "--eval-interval", "3"])
+        runs.append(torch.load(os.path.join(out, "ckpt.pt"), weights_only=True))
+    for r in runs[1:]:
+        assert r["val"] == runs[0]["val"]
+        assert all(torch.equal(v, r["model"][k]) for k, v in runs[0]["model"].items())
+    other = str(tmp_path / "c")
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", other, "--max-iters", "3", "--eval-interval", "3", "--seed", "7"])
+    assert torch.load(os.path.join(other, "ckpt.pt"), weights_only=True)["val"] != runs[0]["val"]
+
+
 def test_second_run_uses_the_token_cache(trained, corpus_file, capsys):
     cache = [f for f in os.listdir(trained) if f.startswith("tokens-")]
     assert len(cache) == 1
