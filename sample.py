@@ -29,8 +29,8 @@ def get_parser():
     p.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="which guesses to commit first")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples, generated as one batch")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
     p.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
     return p
 
