@@ -89,6 +89,8 @@ def generate(model, prompt_ids, gen_len=128, steps=128, block_len=32, temperatur
     if P + gen_len > cfg.seq_len:
         raise ValueError(f"prompt ({P} tokens) + gen-len ({gen_len}) = {P + gen_len} exceeds the model's context of {cfg.seq_len} tokens")
     M = cfg.mask_id
+    if (prompt == M).any():
+        raise ValueError(f"the prompt contains the mask token (id {M}); only the generated part is masked")
     x = torch.cat([prompt, torch.full((B, gen_len), M, dtype=torch.long, device=device)], dim=1)  # (B, L)
     n_blocks, s = gen_len // block_len, steps // (gen_len // block_len)
     transfers, step = [], 0

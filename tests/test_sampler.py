@@ -127,6 +127,12 @@ def test_bad_schedule(gen_len, steps, block_len, msg):
         check_schedule(gen_len, steps, block_len)
 
 
+def test_prompt_with_mask_token_is_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="mask token"):
+        generate(model, [1, model.config.mask_id, 2], 8, 8, 8)
+
+
 def test_prompt_longer_than_context():
     model = tiny_model(seq_len=48)
     with pytest.raises(ValueError, match="context"):
