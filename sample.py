@@ -14,7 +14,7 @@ import torch
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, non_negative_float, positive_int, print_config, resolve_device, run
-from mini_dlm.sampler import REMASKING, check_schedule, generate, generate_ar
+from mini_dlm.sampler import REMASKING, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
 
@@ -56,12 +56,7 @@ def main(argv=None):
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
     cfg = model.config
     ar = cfg.objective == "ar"
-    if not ar:
-        check_schedule(args.gen_len, args.steps, args.block_len)
-    prompt = tokenizer.encode(args.prompt)
-    if len(prompt) + args.gen_len > cfg.seq_len:
-        raise ValueError(f"prompt ({len(prompt)} tokens) + --gen-len ({args.gen_len}) exceeds the model's "
-                         f"context of {cfg.seq_len} tokens")
+    prompt = tokenizer.encode(args.prompt)  # schedule and context are checked by generate()
     print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
                             "trained_steps": ckpt["step"], "prompt_tokens": len(prompt)})
 
