@@ -67,10 +67,15 @@ def top_k_mask(c, k):
     return rank < k[:, None]
 
 
-def as_batch(prompt_ids, device):
-    """A list of ids, a list of equal-length lists, or a (P,) / (B, P) tensor -> (B, P) int64."""
-    x = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-    return x[None] if x.dim() == 1 else x
+def as_batch(prompt_ids, gen_len, model):
+    """A list of ids, a list of equal-length lists, or a (P,) / (B, P) tensor -> (B, P) int64 on
+    the model's device; ValueError unless prompt + gen_len fits the model's context."""
+    x = torch.as_tensor(prompt_ids, dtype=torch.long, device=next(model.parameters()).device)
+    x = x[None] if x.dim() == 1 else x
+    P, ctx = x.shape[1], model.config.seq_len
+    if P + gen_len > ctx:
+        raise ValueError(f"prompt ({P} tokens) + gen-len ({gen_len}) = {P + gen_len} exceeds the model's context of {ctx} tokens")
+    return x
 
 
 @torch.no_grad()
@@ -82,16 +87,12 @@ def generate(model, prompt_ids, gen_len=128, steps=128, block_len=32, temperatur
     check_schedule(gen_len, steps, block_len)
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    cfg = model.config
-    device = next(model.parameters()).device
-    prompt = as_batch(prompt_ids, device)  # (B, P)
+    prompt = as_batch(prompt_ids, gen_len, model)  # (B, P)
     B, P = prompt.shape
-    if P + gen_len > cfg.seq_len:
-        raise ValueError(f"prompt ({P} tokens) + gen-len ({gen_len}) = {P + gen_len} exceeds the model's context of {cfg.seq_len} tokens")
-    M = cfg.mask_id
+    M = model.config.mask_id
     if (prompt == M).any():
         raise ValueError(f"the prompt contains the mask token (id {M}); only the generated part is masked")
-    x = torch.cat([prompt, torch.full((B, gen_len), M, dtype=torch.long, device=device)], dim=1)  # (B, L)
+    x = torch.cat([prompt, torch.full((B, gen_len), M, dtype=torch.long, device=prompt.device)], dim=1)  # (B, L)
     n_blocks, s = gen_len // block_len, steps // (gen_len // block_len)
     transfers, step = [], 0
     for b in range(n_blocks):
@@ -117,12 +118,9 @@ def generate_ar(model, prompt_ids, gen_len=128, temperature=0.0, generator=None,
     No KV cache yet: every step re-reads the whole prefix. Same return convention as generate()."""
     if gen_len <= 0:
         raise ValueError(f"gen-len must be positive, got {gen_len}")
-    cfg = model.config
-    x = as_batch(prompt_ids, next(model.parameters()).device)  # (B, P)
+    x = as_batch(prompt_ids, gen_len, model)  # (B, P)
     if x.shape[1] == 0:
         raise ValueError("an AR model needs a non-empty prompt")
-    if x.shape[1] + gen_len > cfg.seq_len:
-        raise ValueError(f"prompt ({x.shape[1]} tokens) + gen-len ({gen_len}) = {x.shape[1] + gen_len} exceeds the model's context of {cfg.seq_len} tokens")
     for step in range(1, gen_len + 1):
         nxt = sample_tokens(model(x)[:, -1], temperature, generator)  # (B,)
         x = torch.cat([x, nxt[:, None]], dim=1)
