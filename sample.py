@@ -2,52 +2,83 @@
 Sample from a checkpoint written by train_tiny.py.
 
     python sample.py --ckpt out/ckpt.pt --prompt "ROMEO:" --gen-len 128 --steps 128 --block-len 32
+    python sample.py --threshold 0.9 --cache dual          # Fast-dLLM: parallel decoding + dual cache
     python sample.py --show-steps --gen-len 32 --steps 8 --block-len 16   # watch the canvas fill in
+    python sample.py --prompt "ROMEO:" --prompt "JULIET: O Romeo"         # a batch of two prompts
 
-Diffusion checkpoints use LLaDA's reverse process (mini_dlm/sampler.py: generate); AR
-checkpoints decode left to right (generate_ar), ignoring --steps, --block-len and --remasking.
+Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini_dlm/sampler.py:
+generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
+length and may use the exact --cache block. AR checkpoints decode left to right (generate_ar),
+ignoring --steps, --block-len, --remasking, --threshold, --factor and --cache.
 """
 
+import os
+import sys
 import time
 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, autocast, non_negative_float, positive_int, print_config, resolve_device, run
-from mini_dlm.sampler import REMASKING, generate, generate_ar
+from mini_dlm.cli import Parser, autocast, non_negative_float, number, positive_int, print_config, resolve_device, run
+from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
+FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal
+
+
+def finite_float(s):
+    return number(s, float, lambda v: abs(v) < float("inf"), "a finite number")
+
+
+def positive_float(s):
+    return number(s, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def get_parser():
-    p = Parser(description="Generate text with a mini_dlm checkpoint (LLaDA reverse process or AR).")
+    p = Parser(description="Generate text with a mini_dlm checkpoint (LLaDA / Fast-dLLM / BD3-LM sampling, or AR).")
     p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint from train_tiny.py")
-    p.add_argument("--prompt", default="ROMEO:", help="text the generation continues")
+    p.add_argument("--prompt", action="append", help="text the generation continues; repeat for a batch of "
+                   "prompts (default: 'ROMEO:')")
     p.add_argument("--gen-len", type=positive_int, default=128, help="tokens to generate (G)")
-    p.add_argument("--steps", type=positive_int, default=128, help="denoising steps S, a multiple of G / block-len")
-    p.add_argument("--block-len", type=positive_int, default=32, help="semi-autoregressive block length b; G %% b == 0")
-    p.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="which guesses to commit first")
+    p.add_argument("--steps", type=positive_int, help="denoising steps S, a multiple of G / block-len; with "
+                   "--threshold or --factor only a cap (default: G, one token per step)")
+    p.add_argument("--block-len", type=positive_int, help="semi-autoregressive block length b, G %% b == 0 "
+                   "(default: 32, or the block size a block-diffusion checkpoint was trained with)")
+    p.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="how guesses are scored "
+                   "(the best commit first): p(x0), p1 - p2, -entropy, or at random")
+    p.add_argument("--threshold", type=finite_float, help="Fast-dLLM: commit every guess with confidence >= TAU, "
+                   "at least one per step (default: off, LLaDA's schedule)")
+    p.add_argument("--factor", type=positive_float, help="Fast-dLLM's factor rule instead of a fixed threshold "
+                   "(default: off)")
+    p.add_argument("--cache", choices=CACHES, default="none", help="KV cache: prefix / dual (Fast-dLLM, approximate) "
+                   "for full-attention checkpoints, block (exact) for block-diffusion ones")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
-    p.add_argument("--num-samples", type=positive_int, default=1, help="samples, generated as one batch")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
-    p.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    p.add_argument("--show-steps", action="store_true", help="print the first sample's canvas after every step, "
+                   "with the tokens committed in that step (in colour on a terminal)")
     return p
 
 
-def render(tokenizer, ids, mask_id, newline="\n"):
+def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
     """Token ids -> text, each mask token drawn as MASK_GLYPH. Runs of real tokens are decoded
-    together so characters split across tokens come out whole."""
-    out, run_ = [], []
-    for i in list(ids) + [None]:
-        if i is None or i == mask_id:
-            out.append(b"".join(tokenizer.token_bytes(t) for t in run_).decode("utf-8", errors="replace"))
+    together so characters split across tokens come out whole. With colour, tokens where
+    fresh[i] is True are bold green and masks dim."""
+    fresh = fresh or [False] * len(ids)
+    out, run_, kind_ = [], [], None
+    for i, f in list(zip(ids, fresh)) + [(None, None)]:
+        kind = None if i is None else "mask" if i == mask_id else "fresh" if f else "old"
+        if run_ and kind != kind_:
+            text = MASK_GLYPH * len(run_) if kind_ == "mask" else \
+                b"".join(tokenizer.token_bytes(t) for t in run_).decode("utf-8", errors="replace")
+            text = text.replace("\n", newline)
+            style = {"mask": DIM, "fresh": FRESH}.get(kind_) if colour else None
+            out.append(f"{style}{text}{RESET}" if style else text)
             run_ = []
-            if i is not None:
-                out.append(MASK_GLYPH)
-        else:
-            run_.append(i)
-    return "".join(out).replace("\n", newline)
+        run_.append(i)
+        kind_ = kind
+    return "".join(out)
 
 
 def main(argv=None):
@@ -56,35 +87,39 @@ def main(argv=None):
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
     cfg = model.config
     ar = cfg.objective == "ar"
-    prompt = tokenizer.encode(args.prompt)  # schedule and context are checked by generate()
+    texts = args.prompt or ["ROMEO:"]
+    args.prompt = texts
+    args.steps = args.steps or args.gen_len
+    args.block_len = args.block_len or cfg.block_size or 32
+    prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
     print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
-                            "trained_steps": ckpt["step"], "prompt_tokens": len(prompt)})
+                            "block_size": cfg.block_size, "trained_steps": ckpt["step"],
+                            "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
 
-    M = cfg.mask_id
-    P = len(prompt)
+    M, P = cfg.mask_id, max(len(p) for p in prompts)
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
     def show(step, block, x, committed):
-        n = "" if committed is None else f" +{int(committed[0].sum())}"
-        print(f"step {step:4d} block {block}{n:>4} | {render(tokenizer, x[0, P:].tolist(), M, newline='↵')}")
+        row = x[0, P:].tolist()
+        text = render(tokenizer, row, M, "↵", committed[0, P:].tolist(), colour)
+        print(f"step {step:4d} | block {block} | +{int(committed[0].sum()):<3d} | {text}")
 
     generator = torch.Generator(device).manual_seed(args.seed)
-    prompts = [prompt] * args.num_samples
-    amp = autocast(device)
     on_step = show if args.show_steps else None
     t0 = time.time()
-    with amp:
+    with autocast(device):  # schedule, options and context are checked by generate()
         if ar:
             x, stats = generate_ar(model, prompts, args.gen_len, args.temperature, generator, on_step)
         else:
             x, stats = generate(model, prompts, args.gen_len, args.steps, args.block_len, args.temperature,
-                                args.remasking, generator, on_step)
+                                args.remasking, args.threshold, args.factor, args.cache, generator, on_step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.time() - t0
-    for r in range(args.num_samples):
-        print(f"--- sample {r + 1}/{args.num_samples} ---")
-        print(render(tokenizer, x[r].tolist(), M))
-    n_tok = args.num_samples * args.gen_len
+    for r in range(len(prompts)):
+        print(f"--- sample {r + 1}/{len(prompts)} ---")
+        print(render(tokenizer, x[r, int(stats["pad"][r]):].tolist(), M))
+    n_tok = len(prompts) * args.gen_len
     print(f"--- forward passes {stats['forward_passes']} | {args.gen_len / stats['forward_passes']:.2f} tokens/forward "
           f"per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s")
 

@@ -5,6 +5,7 @@ Train a tiny masked diffusion LM (or its AR twin) on a text file.
     python train_tiny.py --device cpu --seq-len 64 --n-layer 2 --n-head 4 --n-embd 128 \
         --batch-size 16 --max-iters 300 --eval-interval 100 --dropout 0   # ~1 minute on a 2-core CPU
     python train_tiny.py --objective ar --out-dir out-ar                  # the AR baseline
+    python train_tiny.py --block-size 32 --out-dir out-bd3                # block diffusion (BD3-LM)
 
 Writes <out-dir>/ckpt.pt (weights, optimizer, config, tokenizer, step) atomically at every
 evaluation, at the end, and on Ctrl-C. --resume continues from it.
@@ -37,6 +38,8 @@ def get_parser():
                    help="bpe: trained here on --data; gpt2: tiktoken's GPT-2 (needs its files or network)")
     g = p.add_argument_group("model")
     g.add_argument("--objective", choices=OBJECTIVES, default="mdm", help="mdm: masked diffusion; ar: next-token baseline")
+    g.add_argument("--block-size", type=non_negative_int, default=0, help="block diffusion (BD3-LM): blocks of N tokens, "
+                   "block-causal attention, exact KV cache when sampling; 0 = full attention (LLaDA)")
     g.add_argument("--n-layer", type=positive_int, default=6, help="Transformer blocks")
     g.add_argument("--n-head", type=positive_int, default=6, help="attention heads; must divide --n-embd")
     g.add_argument("--n-embd", type=positive_int, default=384, help="model width")
@@ -79,13 +82,14 @@ def main(argv=None):
     if args.resume:
         model, tokenizer, resumed = load_checkpoint(ckpt_path)
         cfg, tc = model.config, resumed["train_config"]
-        for name in ("objective", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
+        for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
         vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
     else:
         tokenizer, vocab_size, tok_kind = None, args.vocab_size, args.tokenizer
         ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len,
-                    dropout=args.dropout)  # validate the flags before anything is read or written
+                    dropout=args.dropout, objective=args.objective, block_size=args.block_size)  # validate the
+        # flags before anything is read or written
 
     # -- data: tokenizer + token ids, cached in out-dir
     t0 = time.time()
@@ -94,7 +98,7 @@ def main(argv=None):
         torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
-                          mask_id=tokenizer.mask_id, objective=args.objective)
+                          mask_id=tokenizer.mask_id, objective=args.objective, block_size=args.block_size)
         model = Transformer(cfg)
     model.to(device).train()
     optimizer = model.configure_optimizer(args.lr, args.weight_decay, (0.9, 0.95), device.type)
@@ -108,7 +112,7 @@ def main(argv=None):
     print(f"data: {len(train_ids):,} train / {len(val_ids):,} val tokens, vocab {tokenizer.vocab_size} "
           f"({tok_kind}), ready in {time.time() - t0:.1f} s")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
-          f"objective {cfg.objective}" + (f", resuming at step {start}" if resumed else ""))
+          f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") + (f", resuming at step {start}" if resumed else ""))
 
     torch.manual_seed(args.seed + start)  # masking noise; a resumed run draws fresh noise
     batch_gen = torch.Generator().manual_seed(args.seed + start)

@@ -13,6 +13,12 @@ int_0^1 (1/t) C(L,k) t^k (1-t)^(L-k) k dt = 1 for every k, so the loss is the ex
 revealing the tokens one at a time in a random order (an any-order AR model), which bounds
 the NLL. Without 1/p (a common shortcut) state k gets weight k / (L + 1): heavily masked, hard
 states dominate, and the number is no longer a likelihood bound (notes/02 works this out).
+
+Block diffusion (BD3-LM, Arriola et al. 2025; config.block_size = b > 0). The window is cut
+into blocks of b; each block gets its own t and is denoised given the *clean* earlier blocks,
+so the bound is a sum over blocks, and a sampler can cache finished blocks exactly. All blocks
+train in one forward over the 2L sequence [x_t ; x0] with the attention mask of
+bd3_attention_mask; the loss is read off the x_t half.
 """
 
 import math
@@ -32,25 +38,54 @@ def sample_t(batch_size, generator=None, device="cpu"):
 
 
 def forward_process(x0, t, mask_id, eps=EPS, generator=None):
-    """x0 (B, L), t (B,) -> x_t (B, L) with tokens replaced by M w.p. p; masked (B, L) bool; p (B,)."""
-    p = (1 - eps) * t + eps  # (B,)
-    masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p[:, None]  # (B, L)
+    """x0 (B, L), t (B,) per row or (B, L) per token -> x_t (B, L) with tokens replaced by M
+    w.p. p; masked (B, L) bool; p = (1 - eps) t + eps, shaped like t."""
+    p = (1 - eps) * t + eps  # (B,) or (B, L)
+    masked = torch.rand(x0.shape, generator=generator, device=x0.device) < (p[:, None] if p.dim() == 1 else p)
     x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
     return x_t, masked, p
 
 
 def elbo_loss(logits, x0, masked, p):
-    """The negative-ELBO estimate above, in nats per token. logits (B, L, V), x0/masked (B, L), p (B,)."""
+    """The negative-ELBO estimate above, in nats per token. logits (B, L, V), x0/masked (B, L),
+    p (B,) per row or (B, L) per token."""
     B, L = x0.shape
     ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")  # (n_masked,)
-    weight = (1.0 / p)[:, None].expand(B, L)[masked]  # (n_masked,): 1/p of each masked token's row
+    weight = (1.0 / (p[:, None] if p.dim() == 1 else p)).expand(B, L)[masked]  # (n_masked,): 1/p of each
     return (ce * weight).sum() / (B * L)
 
 
+def bd3_attention_mask(L, b, device="cpu"):
+    """(2L, 2L) bool for the sequence [x_t ; x0] of two length-L windows cut into blocks of b
+    (DESIGN.md section 2; True = query may see key):
+        x_t -> x_t   same block          (a noisy block sees itself)
+        x_t -> x0    earlier blocks      (... and the clean blocks before it)
+        x0  -> x0    same or earlier     (the clean stream is block-causal)
+        x0  -> x_t   never
+    The x0 half is what a sampler's cache holds; the x_t half is the block being denoised."""
+    blk = torch.arange(L, device=device) // b
+    q, k = blk[:, None], blk[None, :]  # (L, 1), (1, L)
+    top = torch.cat([q == k, q > k], dim=1)  # (L, 2L): x_t queries
+    bottom = torch.cat([torch.zeros(L, L, dtype=torch.bool, device=device), q >= k], dim=1)  # x0 queries
+    return torch.cat([top, bottom], dim=0)
+
+
+def denoise(model, x_t, x0):
+    """The model's logits (B, L, V) for x0 given x_t. Full attention: f(x_t). Block diffusion:
+    one forward over [x_t ; x0] with bd3_attention_mask, both halves at positions 0..L-1,
+    keeping the x_t half: every block sees its noisy self and the clean blocks before it."""
+    b = model.config.block_size
+    if not b:
+        return model(x_t)
+    L = x_t.shape[1]
+    pos = torch.arange(L, device=x_t.device).repeat(2)  # (2L,)
+    return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos)[:, :L]
+
+
 def mdm_loss(model, x0, t, generator=None):
-    """One training loss for the mask predictor: noise x0 at times t, predict, ELBO."""
+    """One training loss for the mask predictor: noise x0 at times t ((B,) or (B, L)), predict, ELBO."""
     x_t, masked, p = forward_process(x0, t, model.config.mask_id, generator=generator)
-    return elbo_loss(model(x_t), x0, masked, p)
+    return elbo_loss(denoise(model, x_t, x0), x0, masked, p)
 
 
 def ar_loss(model, x):
@@ -64,7 +99,13 @@ def loss_fn(model, batch, generator=None):
     if model.config.objective == "ar":
         return ar_loss(model, batch)
     x0 = batch[:, :-1]
-    return mdm_loss(model, x0, sample_t(len(x0), generator, x0.device), generator)
+    B, L = x0.shape
+    b = model.config.block_size
+    if b:  # one t per block (BD3-LM), stratified over all B * L / b blocks, spread to its tokens
+        t = sample_t(B * (L // b), generator, x0.device).view(B, L // b).repeat_interleave(b, dim=1)  # (B, L)
+    else:
+        t = sample_t(B, generator, x0.device)  # (B,)
+    return mdm_loss(model, x0, t, generator)
 
 
 @torch.no_grad()
@@ -73,6 +114,8 @@ def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed
 
     mdm: the ELBO bound at the midpoints t_j = (j + 1/2) / n_t of n_t equal strata (a fixed
          quadrature of E_t), each window masked with a fixed seed -> an upper bound on nats/token.
+         For block diffusion every block of a window takes the same t_j: the bound is a sum of
+         per-block integrals over t, each approximated by the same quadrature.
     ar:  the exact next-token NLL in nats/token.
     Returns {"nats": ..., "ppl": exp(nats)} (for mdm, ppl is an upper bound on perplexity)."""
     was_training = model.training
@@ -94,7 +137,8 @@ def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed
         for j in range(n_t):
             t = torch.full((len(x0),), (j + 0.5) / n_t)
             x_t, masked, p = forward_process(x0, t, model.config.mask_id, generator=gen)  # masks drawn on CPU
-            total += elbo_loss(model(x_t.to(device)), x0.to(device), masked.to(device), p.to(device)).item() * len(w) / n_t
+            logits = denoise(model, x_t.to(device), x0.to(device))
+            total += elbo_loss(logits, x0.to(device), masked.to(device), p.to(device)).item() * len(w) / n_t
     model.train(was_training)
     nats = total / n_win
     return {"nats": nats, "ppl": math.exp(min(nats, 700.0))}

@@ -8,7 +8,9 @@ A masked diffusion LM is an ordinary Transformer with two differences from GPT:
 With objective="ar" the same network is a causal next-token model: the AR baseline.
 
 Attention takes an optional boolean mask (True = may attend) so other patterns (block-causal
-for block diffusion, padding for batched prompts) plug in without touching this file.
+for block diffusion, padding for batched prompts) plug in without touching this file. With a
+KV cache (mini_dlm/kvcache.py) the forward reads only the new tokens and attends through
+mini_dlm/ops.py: block_attention to the cached keys/values of the rest of the canvas.
 """
 
 import math
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mini_dlm.ops import block_attention
 
 OBJECTIVES = ("mdm", "ar")
 
@@ -32,6 +36,7 @@ class ModelConfig:
     mask_id: int = 2047  # M: the absorbing "mask" token; its output logit is -inf
     objective: str = "mdm"  # "mdm": bidirectional mask predictor | "ar": causal next-token
     rope_base: float = 10000.0
+    block_size: int = 0  # b > 0: block diffusion (BD3-LM), block-causal attention; 0: full attention
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_embd"):
@@ -47,6 +52,10 @@ class ModelConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0 <= self.mask_id < self.vocab_size:
             raise ValueError(f"mask_id {self.mask_id} outside the vocabulary of {self.vocab_size}")
+        if self.block_size < 0 or (self.block_size and self.seq_len % self.block_size):
+            raise ValueError(f"block_size ({self.block_size}) must be 0 or a divisor of seq_len ({self.seq_len})")
+        if self.block_size and self.objective != "mdm":
+            raise ValueError("block_size > 0 (block diffusion) needs objective='mdm'")
 
 
 def rope_tables(seq_len, head_dim, base):
@@ -58,24 +67,29 @@ def rope_tables(seq_len, head_dim, base):
 
 def apply_rope(x, cos, sin):
     """Rotate each (x1, x2) pair of halves of the head dimension by its position's angle."""
-    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, D/2) each
+    x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)  # (B, H, T, D/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.dropout, self.layer = cfg.n_head, cfg.dropout, layer
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, is_causal):
+    def forward(self, x, cos, sin, attn_mask, is_causal, cache=None, kv_out=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        if kv_out is not None:
+            kv_out.append((k, v))  # this layer's keys/values, for the caller to cache
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+        else:  # the T new tokens see the cached prefix (and suffix) and all of themselves
+            y = block_attention(q, k, v, *cache.layer(self.layer))  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -94,14 +108,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer):
         super().__init__()
         self.norm1, self.norm2 = nn.RMSNorm(cfg.n_embd, eps=1e-6), nn.RMSNorm(cfg.n_embd, eps=1e-6)
-        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.attn, self.mlp = Attention(cfg, layer), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, attn_mask, is_causal):
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, is_causal))
+    def forward(self, x, cos, sin, attn_mask, is_causal, cache, kv_out):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, is_causal, cache, kv_out))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -110,7 +124,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = nn.RMSNorm(cfg.n_embd, eps=1e-6)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.seq_len, cfg.n_embd // cfg.n_head, cfg.rope_base)
@@ -126,21 +140,28 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, attn_mask=None, pos=None):
+    def forward(self, idx, attn_mask=None, pos=None, cache=None, kv_out=None):
         """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf.
-        attn_mask: None for the objective's own pattern (full for mdm, causal for ar), or a
-        bool tensor broadcastable to (B, H, T, T), True where query t may attend to key s.
-        pos: positions (T,) or (B, T) for RoPE; default 0..T-1."""
+        attn_mask: None for the model's own pattern (mdm: full; ar: causal; block diffusion:
+        block-causal with blocks of block_size from position 0), or a bool tensor
+        broadcastable to (B, H, T, T), True where query t may attend to key s.
+        pos: positions (T,) or (B, T) for RoPE; default 0..T-1.
+        cache: a KVCache; then idx are new tokens that attend to the cache's keys/values and
+        to each other (attn_mask is not used).
+        kv_out: a list; each layer appends its (k, v), each (B, H, T, D), for a cache."""
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)
+        if attn_mask is None and cache is None and self.config.block_size:
+            blk = torch.arange(T, device=idx.device) // self.config.block_size
+            attn_mask = blk[:, None] >= blk[None, :]  # (T, T) block-causal
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2) or (B, T, D/2)
         if cos.dim() == 3:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D/2): broadcast over heads
-        is_causal = attn_mask is None and self.config.objective == "ar"
+        is_causal = attn_mask is None and cache is None and self.config.objective == "ar"
         x = self.wte(idx)  # (B, T, C)
         for block in self.blocks:
-            x = block(x, cos, sin, attn_mask, is_causal)
+            x = block(x, cos, sin, attn_mask, is_causal, cache, kv_out)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         logits[..., self.config.mask_id] = float("-inf")  # SUBS: never predict M
         return logits
@@ -151,9 +172,11 @@ class Transformer(nn.Module):
 
     def flops_per_token(self, T):
         """Training FLOPs per token (PaLM appendix B, as in nanoGPT): 6N for the matmuls plus
-        12 * n_layer * n_embd * T for attention scores and values over a length-T context."""
+        12 * n_layer * n_embd * T for attention scores and values over a length-T context
+        (doubled for block diffusion, whose forward runs over 2T positions; masks not exploited)."""
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+        n = 2 if c.block_size else 1  # block diffusion trains on [x_t ; x0]: twice the sequence
+        return n * 6 * self.num_params() + 12 * c.n_layer * c.n_embd * n * T
 
     def configure_optimizer(self, lr, weight_decay, betas, device_type):
         """AdamW with weight decay on matrices and embeddings only (not on norm gains)."""

@@ -148,6 +148,11 @@ def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     (["--gen-len", "16", "--steps", "16", "--block-len", "8", "--prompt", "word " * 40], "context"),
     (["--gen-len", "0"], "positive integer"),
     (["--temperature", "-1"], ">= 0"),
+    (["--gen-len", "8", "--block-len", "8", "--cache", "block"], "needs a block-diffusion checkpoint"),
+    (["--gen-len", "8", "--block-len", "8", "--threshold", "0.9", "--factor", "1"], "not both"),
+    (["--factor", "0"], "> 0"),
+    (["--threshold", "nan"], "finite"),
+    (["--cache", "kv"], "invalid choice"),
 ])
 def test_bad_sampling_flags(trained, capsys, flags, match):
     fails_cleanly(sample.main, ["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu"] + flags, capsys, match)
@@ -182,3 +187,42 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus_file, tmp_path):
     assert "interrupted: saved step" in err and "Traceback" not in err
     step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
     assert 3 <= step < 100000
+
+
+@pytest.fixture(scope="module")
+def trained_blocks(corpus_file, tmp_path_factory):
+    """A 4-step block-diffusion run (--block-size 8)."""
+    out = str(tmp_path_factory.mktemp("bd3"))
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "4", "--eval-interval", "4",
+                            "--block-size", "8"])
+    return os.path.join(out, "ckpt.pt")
+
+
+def test_block_diffusion_checkpoint_samples_the_same_with_and_without_cache(trained_blocks, capsys):
+    assert load_checkpoint(trained_blocks)[0].config.block_size == 8
+    texts = []
+    for cache in ("none", "block"):
+        sample.main(["--ckpt", trained_blocks, "--device", "cpu", "--gen-len", "16", "--threshold", "0.5",
+                     "--cache", cache, "--prompt", "ROMEO:", "--prompt", "KING: now"])
+        out = capsys.readouterr().out
+        assert "block_len      = 8" in out  # the checkpoint's block size is the default
+        texts.append(out[out.index("--- sample 1/2"):out.index("--- forward passes")])
+    assert texts[0] == texts[1] and "KING: now" in texts[0]
+
+
+def test_block_diffusion_checkpoint_refuses_other_block_lengths(trained_blocks, capsys):
+    fails_cleanly(sample.main, ["--ckpt", trained_blocks, "--device", "cpu", "--block-len", "16"], capsys,
+                  "use --block-len 8")
+    fails_cleanly(sample.main, ["--ckpt", trained_blocks, "--device", "cpu", "--cache", "dual"], capsys,
+                  "full-attention")
+
+
+@pytest.mark.parametrize("flags", [["--threshold", "0.9", "--cache", "dual"], ["--factor", "1.0", "--cache", "prefix"],
+                                   ["--remasking", "margin", "--threshold", "0.5"], ["--remasking", "entropy"]])
+def test_fast_sampling_flags(trained, capsys, flags):
+    sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--gen-len", "16",
+                 "--block-len", "8", "--show-steps"] + flags)
+    out = capsys.readouterr().out
+    passes = int(out.split("--- forward passes ")[1].split()[0])
+    assert 2 <= passes <= 16 and out.count("\nstep ") == passes
+    assert "\033[" not in out  # no colour codes when stdout is not a terminal

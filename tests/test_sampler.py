@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from mini_dlm.sampler import check_schedule, generate, generate_ar, num_transfer_tokens, top_k_mask
+from mini_dlm.ops import descending_rank
+from mini_dlm.sampler import check_schedule, generate, generate_ar, num_transfer_tokens
 
 
 def llada_oracle(model, prompt, steps, gen_length, block_length, mask_id):
@@ -71,7 +72,7 @@ def test_invariants(remasking, temperature):
         history.append((step, b, x.clone(), committed.clone()))
 
     x, stats = generate(model, prompt, gen_len, steps, block_len, temperature, remasking,
-                        torch.Generator().manual_seed(0), on_step)
+                        generator=torch.Generator().manual_seed(0), on_step=on_step)
     assert torch.equal(x[:, :P], prompt)  # prompt untouched
     assert not (x == M).any()  # no mask left
     assert stats["forward_passes"] == steps == len(history)
@@ -105,10 +106,10 @@ def test_mask_token_never_emitted_even_if_the_model_favours_it():
     assert not (x == model.config.mask_id).any()
 
 
-def test_num_transfer_tokens_and_top_k():
+def test_num_transfer_tokens_and_rank():
     assert num_transfer_tokens(torch.tensor([10, 3, 0]), 4).tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
     c = torch.tensor([[0.1, 0.9, 0.9, float("-inf")], [0.5, 0.5, 0.5, 0.5]])
-    assert top_k_mask(c, torch.tensor([2, 3])).tolist() == [[False, True, True, False], [True, True, True, False]]
+    assert descending_rank(c).tolist() == [[2, 0, 1, 3], [0, 1, 2, 3]]
 
 
 def test_ar_generation_is_greedy_next_token():

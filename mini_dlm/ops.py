@@ -1,0 +1,239 @@
+"""
+The sampler's two hot ops in plain PyTorch. These functions are the *specification*: the
+compiled kernels in csrc/ must select exactly the same positions and tokens, and agree with
+the values here to fp32 rounding. Read the docstrings as the contract.
+
+  unmask           one denoising decision (DESIGN.md sections 3-4): guess x0 at the eligible
+                   positions, score the guesses, commit some of them in place (LLaDA's top-k,
+                   Fast-dLLM's threshold or factor rule).
+  block_attention  attention of a block's queries over a cached prefix, the block itself and
+                   an optional cached suffix, as if the three were concatenated (section 5).
+
+Random numbers. Gumbel noise for temperature sampling comes from a counter-based hash
+(uniform_hash), not from a torch.Generator: noise for logit (b, i, v) depends only on
+(seed, (b * L + i) * V + v), so a kernel that reads only the eligible rows, on any device,
+draws exactly the same numbers as this reference.
+"""
+
+import math
+
+import torch
+
+KINDS = ("low_confidence", "random", "margin", "entropy")
+
+_M64 = (1 << 64) - 1
+
+
+def _signed(c):
+    """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(z, s):
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def splitmix64(z):
+    """Steele et al.'s SplitMix64 finaliser on int64 tensors (wrapping arithmetic = uint64 bits)."""
+    z = z + _signed(0x9E3779B97F4A7C15)
+    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
+    return z ^ _shr(z, 31)
+
+
+def uniform_hash(seed, index):
+    """U(0, 1) float64 numbers keyed by (seed, index): h = splitmix64(splitmix64(seed) ^ index),
+    u = ((h >> 12) + 0.5) / 2^52, so 0 < u < 1 strictly. index: int64 tensor of any shape."""
+    key = splitmix64(torch.tensor(_signed(seed & _M64), dtype=torch.long, device=index.device))
+    h = splitmix64(key ^ index)
+    return (_shr(h, 12).double() + 0.5) * 2.0 ** -52
+
+
+def gumbel_noise(seed, rows, V):
+    """Gumbel(0, 1) noise (N, V) float64 for the flat row indices rows (N,) = b * L + i:
+    g = -log(-log(u)), u = uniform_hash(seed, row * V + v)."""
+    index = rows[:, None] * V + torch.arange(V, device=rows.device)  # (N, V)
+    return -torch.log(-torch.log(uniform_hash(seed, index)))
+
+
+def sample_x0(logits, temperature=0.0, seed=0, rows=None):
+    """x0 = argmax_v(logits + T * g) in float64, the first (lowest) id on ties: a sample from
+    softmax(logits / T) by the Gumbel-max trick; T = 0 is the plain argmax.
+    logits (N, V); rows (N,) the flat row indices that key the noise (default 0..N-1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    rows = torch.arange(len(logits), device=logits.device) if rows is None else rows
+    return (logits.double() + temperature * gumbel_noise(seed, rows, logits.shape[-1])).argmax(dim=-1)
+
+
+def confidence(logits, x0, kind):
+    """Scores (N,) float64 of the guesses x0 (N,) under the untempered softmax of logits (N, V),
+    computed as p_v = exp(l_v - max) / sum_u exp(l_u - max) in float64:
+      low_confidence  p[x0]                 (LLaDA, Fast-dLLM)
+      margin          p(1) - p(2), the two largest probabilities (0 when they tie)
+      entropy         sum_v p_v log p_v = -H(p) (terms with p_v = 0 count 0)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)  # (N, V)
+    if kind == "low_confidence":
+        return logp.gather(-1, x0[:, None]).squeeze(-1).exp()
+    p = logp.exp()
+    if kind == "margin":
+        top2 = p.topk(2, dim=-1).values  # (N, 2)
+        return top2[:, 0] - top2[:, 1]
+    return torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1)
+
+
+def descending_rank(c):
+    """c (B, L) -> int64 (B, L): 0 for each row's highest score, 1 for the next, ...;
+    equal scores rank by position, lowest first (a stable sort)."""
+    order = torch.sort(c, dim=1, descending=True, stable=True).indices  # (B, L)
+    ar = torch.arange(c.shape[1], device=c.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, ar)
+
+
+def factor_count(c_sorted, n_eligible, factor):
+    """Fast-dLLM's factor rule on each row's eligible scores sorted high to low, c(1) >= c(2) >= ...:
+    the longest prefix n with c(j) >= 1 - factor / (j + 1) for every j <= n, and at least 1.
+    c_sorted (B, L), n_eligible (B,) -> (B,) int64."""
+    j = torch.arange(1, c_sorted.shape[1] + 1, device=c_sorted.device, dtype=torch.float64)  # 1-based
+    ok = (c_sorted >= 1 - factor / (j + 1)) & (j <= n_eligible[:, None])  # (B, L)
+    ok[:, 0] = n_eligible > 0  # c(1) always goes
+    return ok.long().cumprod(dim=1).sum(dim=1)
+
+
+def _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned):
+    if logits.dim() != 3 or logits.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(f"logits must be (B, L, V) float32/bfloat16/float16, got {tuple(logits.shape)} {logits.dtype}")
+    B, L, V = logits.shape
+    if tokens.shape != (B, L) or tokens.dtype != torch.long:
+        raise ValueError(f"tokens must be ({B}, {L}) int64, got {tuple(tokens.shape)} {tokens.dtype}")
+    if eligible.shape != (B, L) or eligible.dtype != torch.bool:
+        raise ValueError(f"eligible must be ({B}, {L}) bool, got {tuple(eligible.shape)} {eligible.dtype}")
+    if sum(a is not None for a in (k, tau, factor)) != 1:
+        raise ValueError("give exactly one of k (schedule), tau (threshold) or factor")
+    if k is not None and (k.shape != (B,) or k.dtype != torch.long or (k < 0).any()):
+        raise ValueError(f"k must be ({B},) int64 and >= 0")
+    if tau is not None and math.isnan(tau):
+        raise ValueError("tau must be a number")
+    if factor is not None and not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "random" and (scores is None or scores.shape != (B, L)):
+        raise ValueError(f"kind='random' needs scores of shape ({B}, {L})")
+    if len(banned) == 0 or min(banned) < 0 or max(banned) >= V:
+        raise ValueError(f"banned must hold at least the mask token, ids in [0, {V}), got {list(banned)}")
+
+
+@torch.no_grad()
+def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low_confidence",
+           scores=None, temperature=0.0, seed=0, banned=()):
+    """One denoising step's decision, in place. Returns the count committed per row (B,) int64.
+
+    logits    (B, L, V) float32 / bfloat16 / float16: the model's output. Only rows with
+              eligible[b, i] are read.
+    tokens    (B, L) int64: the canvas. Committed positions get their guess x0, others keep.
+    eligible  (B, L) bool: positions that may be committed (masked and inside the current
+              block). Committed positions are set to False.
+    mode      exactly one of
+      k       (B,) int64: schedule (LLaDA): commit the k[b] best eligible positions of row b,
+              or all of them if fewer;
+      tau     float: threshold (Fast-dLLM): commit {c >= tau} plus the row's best position;
+      factor  float > 0: Fast-dLLM's factor rule (see factor_count), at least the best one.
+              In every mode a row with no eligible position commits nothing.
+    kind      how a guess is scored, the confidence c: low_confidence | margin | entropy
+              (see confidence()) | random (c = scores, which the caller draws, e.g. U(0, 1)).
+    scores    (B, L) float64: the scores for kind="random"; ignored otherwise.
+    temperature, seed: x0 = argmax_v(l_v + T * g_v) in float64 with g from
+              gumbel_noise(seed, b * L + i, V); T = 0 is the plain argmax. The confidence
+              always uses the untempered softmax of l.
+    banned    ids never predicted, the mask token at least: their logits count as -inf in
+              the argmax and in the softmax.
+
+    Order: "best" means highest c; equal c go to the lowest position, equal logits to the
+    lowest token id. Every eligible row needs at least one finite, non-banned logit.
+    tau = 1.0 commits exactly one position per row unless several confidences are exactly
+    1.0 in float64 (possible only when one logit leads the rest by about 37 or more)."""
+    _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned)
+    B, L, V = logits.shape
+    rows = eligible.flatten().nonzero().squeeze(1)  # (N,) flat indices b * L + i
+    lg = logits.reshape(B * L, V)[rows].double()  # (N, V): ineligible rows are never read
+    lg[:, torch.as_tensor(list(banned), device=lg.device)] = float("-inf")
+    if len(rows) and (lg.max(dim=-1).values == float("-inf")).any():
+        raise ValueError("an eligible position has no finite logit outside the banned ids")
+    x0 = sample_x0(lg, temperature, seed, rows)  # (N,)
+    c = torch.full((B * L,), float("-inf"), dtype=torch.float64, device=logits.device)
+    c[rows] = scores.flatten()[rows].double() if kind == "random" else confidence(lg, x0, kind)
+    c = c.view(B, L)  # -inf off the eligible set, so eligible positions rank first
+
+    rank = descending_rank(c)  # (B, L)
+    n_eligible = eligible.sum(dim=1)  # (B,)
+    if k is not None:
+        commit = rank < k[:, None]
+    elif tau is not None:
+        commit = (c >= tau) | (rank == 0)
+    else:
+        c_sorted = c.gather(1, torch.sort(rank, dim=1).indices)  # (B, L) high to low
+        commit = rank < factor_count(c_sorted, n_eligible, factor)[:, None]
+    commit &= eligible
+
+    guess = tokens.flatten().clone()
+    guess[rows] = x0
+    tokens.copy_(torch.where(commit, guess.view(B, L), tokens))
+    eligible &= ~commit
+    return commit.sum(dim=1)
+
+
+def _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix):
+    if q.dim() != 4 or q.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(f"q must be (B, H, b, D) floating point, got {tuple(q.shape)} {q.dtype}")
+    B, H, b, D = q.shape
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"the block's k and v must have q's shape {tuple(q.shape)}")
+    for name, ks, vs in (("prefix", k_prefix, v_prefix), ("suffix", k_suffix, v_suffix)):
+        if (ks is None) != (vs is None):
+            raise ValueError(f"give both {name} k and v, or neither")
+        if ks is not None and (ks.shape != vs.shape or ks.shape[:2] != (B, H) or ks.shape[3] != D or ks.dim() != 4):
+            raise ValueError(f"{name} k/v must be ({B}, {H}, n, {D}), got {tuple(ks.shape)} and {tuple(vs.shape)}")
+    for t in (k, v, k_prefix, v_prefix, k_suffix, v_suffix):
+        if t is not None and t.dtype != q.dtype:
+            raise ValueError(f"all of q, k, v must have one dtype, got {q.dtype} and {t.dtype}")
+    if k_prefix is not None:
+        Lc = k_prefix.shape[2]
+        if prefix_len is None or prefix_len.shape != (B,) or prefix_len.dtype != torch.long:
+            raise ValueError(f"prefix_len must be ({B},) int64 when a prefix is given")
+        if len(prefix_len) and (prefix_len.min() < 0 or prefix_len.max() > Lc):
+            raise ValueError(f"prefix_len must lie in [0, {Lc}]")
+
+
+def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_suffix=None, v_suffix=None):
+    """Attention of a block over [prefix[:prefix_len] ; block ; suffix], without the caller copying.
+
+    q, k, v             (B, H, b, D): the block's queries, keys and values (the block sees
+                        all of itself: bidirectional inside the block).
+    k_prefix, v_prefix  (B, H, Lc, D) or None: cached keys/values of earlier positions; row r
+                        uses slots 0 .. prefix_len[r] - 1 (left-aligned), the rest is ignored.
+    prefix_len          (B,) int64 in [0, Lc].
+    k_suffix, v_suffix  (B, H, Ls, D) or None: cached keys/values of later positions, all used
+                        (Fast-dLLM's dual cache).
+    Returns (B, H, b, D) in q's dtype:
+        softmax(q K^T / sqrt(D)) V,  K = [k_prefix[r, :, :prefix_len[r]] ; k ; k_suffix]
+    with scores, softmax and the weighted sum in float32 (float64 inputs stay float64).
+    Any of Lc, Ls or prefix_len[r] may be 0; the block itself is never empty of keys."""
+    _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    ks, vs, valid = [k], [v], [torch.ones(k.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
+    if k_prefix is not None:
+        slots = torch.arange(k_prefix.shape[2], device=q.device)
+        ks, vs = [k_prefix] + ks, [v_prefix] + vs
+        valid = [slots[None, :] < prefix_len[:, None]] + valid  # (B, Lc)
+    if k_suffix is not None:
+        ks, vs = ks + [k_suffix], vs + [v_suffix]
+        valid = valid + [torch.ones(k_suffix.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
+    valid = torch.cat(valid, dim=1)[:, None, :, None]  # (B, 1, Lk, 1)
+    K = torch.cat(ks, dim=2).to(acc)  # (B, H, Lk, D)
+    V_ = torch.cat(vs, dim=2).to(acc).masked_fill(~valid, 0.0)  # unused slots never leak (0 * nan)
+    s = (q.to(acc) @ K.transpose(-1, -2)) * scale  # (B, H, b, Lk)
+    s = s.masked_fill(~valid.transpose(-1, -2), float("-inf"))  # whatever unused keys hold
+    return (torch.softmax(s, dim=-1) @ V_).to(q.dtype)  # (B, H, b, D)

@@ -1,0 +1,153 @@
+"""Fast-dLLM parallel decoding, KV caches, block diffusion and batching.
+    python -m pytest -q tests/test_fast_sampling.py
+
+fastdllm_oracle is a naive transcription of Fast-dLLM's generate(threshold=tau) (no cache):
+a full forward per step, confidences from a float64 softmax over the whole canvas, -inf after
+the block end, per row the best position always and the others if c >= tau, until the block
+has no mask. Exactness checks (block cache vs none, batched vs alone) run the model in float64
+so that rounding cannot flip a near-tie."""
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from mini_dlm.kvcache import KVCache
+from mini_dlm.sampler import canvas_positions, generate, generate_ar, make_canvas
+
+
+def fastdllm_oracle(model, prompt, gen_length, block_length, mask_id, threshold=None, factor=None):
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, :prompt.shape[1]] = prompt
+    nfe = 0
+    for nb in range(gen_length // block_length):
+        end = prompt.shape[1] + (nb + 1) * block_length
+        while (x[:, end - block_length:end] == mask_id).any():
+            nfe += 1
+            logits = model(x)
+            x0 = logits.argmax(-1)
+            prob = torch.softmax(logits.double(), dim=-1)
+            for row in range(x.shape[0]):
+                conf = sorted((-prob[row, j, x0[row, j]].item(), j) for j in range(end) if x[row, j] == mask_id)
+                if threshold is not None:
+                    chosen = [j for n, (c, j) in enumerate(conf) if n == 0 or -c >= threshold]
+                else:  # DESIGN.md's factor rule: longest run with c(n) >= 1 - f / (n + 1)
+                    n = 1
+                    while n < len(conf) and -conf[n][0] >= 1 - factor / (n + 2):
+                        n += 1
+                    chosen = [j for _, j in conf[:n]] if conf else []
+                for j in chosen:
+                    x[row, j] = x0[row, j]
+    return x, nfe
+
+
+@pytest.mark.parametrize("threshold, factor", [(0.9, None), (0.3, None), (0.05, None), (None, 1.0), (None, 2.5)])
+@pytest.mark.parametrize("gen_len, block_len", [(24, 8), (16, 16)])
+def test_threshold_and_factor_match_fastdllm(threshold, factor, gen_len, block_len):
+    model = tiny_model(seed=gen_len)
+    prompt = torch.randint(0, 63, (2, 5), generator=torch.Generator().manual_seed(block_len))
+    with torch.no_grad():
+        expected, nfe = fastdllm_oracle(model, prompt, gen_len, block_len, model.config.mask_id, threshold, factor)
+    x, stats = generate(model, prompt, gen_len, gen_len, block_len, threshold=threshold, factor=factor)
+    assert torch.equal(x, expected)
+    assert stats["forward_passes"] == nfe
+
+
+def test_tau_above_one_is_one_token_per_step():
+    model = tiny_model(seed=1)
+    x, stats = generate(model, [[3, 4, 5]] * 2, 16, 16, 8, threshold=1.01)
+    assert stats["forward_passes"] == 16 and stats["transfers"].tolist() == [[1, 1]] * 16
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("remasking", ["low_confidence", "margin", "entropy", "random"])
+def test_parallel_decoding_invariants(cache, remasking):
+    """At least one commit per row and step, committed tokens never change, only the current
+    block changes, a block finishes within b passes (and within its steps cap)."""
+    model = tiny_model(seed=6)
+    M, P, gen_len, block_len = model.config.mask_id, 4, 24, 8
+    prompt = torch.randint(0, 63, (3, P), generator=torch.Generator().manual_seed(2))
+    history = []
+    x, stats = generate(model, prompt, gen_len, 12, block_len, 0.5, remasking, threshold=0.4, cache=cache,
+                        generator=torch.Generator().manual_seed(0),
+                        on_step=lambda step, b, x, committed: history.append((b, x.clone(), committed.clone())))
+    assert not (x == M).any() and torch.equal(x[:, :P], prompt)
+    prev, passes = torch.cat([prompt, torch.full((3, gen_len), M)], dim=1), [0, 0, 0]
+    for b, x_s, committed in history:
+        lo, hi = P + b * block_len, P + (b + 1) * block_len
+        passes[b] += 1
+        had_masks = (prev[:, lo:hi] == M).any(dim=1)
+        assert (committed.sum(dim=1) >= 1).eq(had_masks).all()  # at least one, unless the row is done
+        assert not committed[:, :lo].any() and not committed[:, hi:].any()
+        assert (prev[committed] == M).all() and torch.equal(x_s[~committed], prev[~committed])
+        prev = x_s
+    assert max(passes) <= 4  # the cap: steps 12 / 3 blocks
+    assert stats["forward_passes"] == len(history)  # prefix / dual refresh within a step's pass
+
+
+def test_prefix_and_dual_caches_reproduce_the_full_forward_on_the_same_canvas():
+    """The cache plumbing (compaction, RoPE positions, block_attention) is exact: keys/values
+    cached from a forward over x give the same logits as that forward."""
+    model = tiny_model(seed=3).double()
+    x, pad = make_canvas([[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]], 16, model)
+    x[:, 8:14] = torch.randint(0, 63, (3, 6))  # some committed tokens, some masks
+    L, lo, hi = x.shape[1], 10, 14
+    pos = canvas_positions(pad, L)
+    keep = (torch.arange(L)[None, None, None, :] >= pad[:, None, None, None]) | torch.eye(L, dtype=torch.bool)
+    with torch.no_grad():
+        kv_out = []
+        full = model(x, keep, pos, kv_out=kv_out)
+        dual = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=KVCache.from_forward(kv_out, pad, lo, suffix_from=hi))
+        prefix = model(x[:, lo:], pos=pos[:, lo:], cache=KVCache.from_forward(kv_out, pad, lo))
+    torch.testing.assert_close(dual, full[:, lo:hi], atol=1e-10, rtol=0)
+    torch.testing.assert_close(prefix, full[:, lo:], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2])
+@pytest.mark.parametrize("prompts", [[[5, 6, 7, 8, 9, 10, 11]], [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [14]], [[]]])
+def test_block_cache_equals_no_cache(threshold, prompts):
+    model = tiny_model(seq_len=64, seed=4, block_size=8).double()
+    runs = [generate(model, prompts, 24, 24, 8, threshold=threshold, cache=c) for c in ("none", "block")]
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert not (runs[1][0][:, -24:] == model.config.mask_id).any()
+
+
+@pytest.mark.parametrize("cache, block_size", [("none", 0), ("prefix", 0), ("dual", 0), ("none", 8), ("block", 8)])
+def test_batched_prompts_of_different_lengths_equal_one_at_a_time(cache, block_size):
+    model = tiny_model(seq_len=64, seed=9, block_size=block_size).double()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
+    batched, stats = generate(model, prompts, 16, 16, 8, threshold=0.3, cache=cache)
+    for r, p in enumerate(prompts):
+        alone, _ = generate(model, p, 16, 16, 8, threshold=0.3, cache=cache)
+        assert torch.equal(batched[r, int(stats["pad"][r]):], alone[0])
+
+
+def test_ar_batched_prompts_of_different_lengths_equal_one_at_a_time():
+    model = tiny_model("ar", seq_len=64, seed=2).double()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    batched, stats = generate_ar(model, prompts, 10)
+    for r, p in enumerate(prompts):
+        assert torch.equal(batched[r, int(stats["pad"][r]):], generate_ar(model, p, 10)[0][0])
+
+
+def test_block_model_forward_pass_count():
+    """Prompt prefill + the denoising passes + one cache write per finished block but the last."""
+    model = tiny_model(seq_len=64, seed=4, block_size=8)
+    x, stats = generate(model, [1, 2, 3], 24, 24, 8, cache="block")
+    assert stats["forward_passes"] == 1 + 24 + 2
+    x, stats = generate(model, [1, 2, 3], 24, 24, 8, cache="none")
+    assert stats["forward_passes"] == 24
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"cache": "block"}, "block-diffusion checkpoint"), ({"threshold": 0.9, "factor": 1.0}, "not both"),
+    ({"factor": 0.0}, "factor"), ({"cache": "bogus"}, "cache"), ({"remasking": "bogus"}, "remasking")])
+def test_bad_options_for_a_full_attention_model(kw, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tiny_model(), [1, 2], 8, 8, 8, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [({"cache": "dual"}, "full-attention"), ({"block_len": 16}, "--block-len 8")])
+def test_bad_options_for_a_block_model(kw, match):
+    model = tiny_model(seq_len=64, block_size=8)
+    with pytest.raises(ValueError, match=match):
+        generate(model, [1, 2], 16, 16, **{"block_len": 8, **kw})
