@@ -1,10 +1,12 @@
 """mini_dlm: a minimal, educational masked diffusion language model.
 
-    model.py      the mask-predictor Transformer (and its AR twin)
-    diffusion.py  forward masking process, ELBO loss, validation bound
-    sampler.py    LLaDA's reverse process; AR decoding
+    model.py      the mask-predictor Transformer (full attention, block diffusion, AR twin)
+    diffusion.py  forward masking process, ELBO loss (and BD3-LM's block version), validation bound
+    sampler.py    LLaDA's reverse process, Fast-dLLM thresholds and caches; AR decoding
+    ops.py        the two hot ops in plain PyTorch: unmask, block_attention (the kernels' spec)
+    kvcache.py    prefix / dual / block KV caches for the sampler
     tokenizer.py  byte-level BPE trained here, wrapped in tiktoken
     data.py       corpus reading, split, token cache, batches
     checkpoint.py atomic save, safe load
-    cli.py        what the two scripts share
+    cli.py        what the scripts share
 """

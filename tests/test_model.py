@@ -61,7 +61,23 @@ def test_gradients_reach_every_parameter():
     (dict(n_layer=0), "positive"),
     (dict(objective="gpt"), "objective"),
     (dict(vocab_size=10, mask_id=10), "mask_id"),
+    (dict(seq_len=48, block_size=7), "divisor"),
+    (dict(block_size=-1), "block_size"),
+    (dict(objective="ar", block_size=8), "needs objective"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         ModelConfig(**kw)
+
+
+def test_block_model_is_block_causal_by_default():
+    """Block diffusion: a position sees its own block and earlier ones, never a later block."""
+    model = tiny_model(seq_len=24, block_size=8)
+    idx = torch.randint(0, 63, (1, 24))
+    changed = idx.clone()
+    changed[0, 20] = (idx[0, 20] + 1) % 63  # a token in the last block
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.equal(a[:, :16], b[:, :16])  # blocks 0 and 1 cannot see block 2
+    assert not torch.equal(a[:, 16:], b[:, 16:])  # block 2 sees itself, both directions
+    assert not torch.equal(a[:, 16:20], b[:, 16:20])
