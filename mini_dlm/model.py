@@ -140,7 +140,7 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, attn_mask=None, pos=None, cache=None, kv_out=None):
+    def forward(self, idx, attn_mask=None, pos=None, cache=None, kv_out=None, only=None):
         """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf.
         attn_mask: None for the model's own pattern (mdm: full; ar: causal; block diffusion:
         block-causal with blocks of block_size from position 0), or a bool tensor
@@ -148,7 +148,9 @@ class Transformer(nn.Module):
         pos: positions (T,) or (B, T) for RoPE; default 0..T-1.
         cache: a KVCache; then idx are new tokens that attend to the cache's keys/values and
         to each other (attn_mask is not used).
-        kv_out: a list; each layer appends its (k, v), each (B, H, T, D), for a cache."""
+        kv_out: a list; each layer appends its (k, v), each (B, H, T, D), for a cache.
+        only: a slice of positions; logits are computed for those alone (a sampler needs one
+        block's logits, not all T: the output head is a large part of a small model's work)."""
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)
@@ -162,6 +164,8 @@ class Transformer(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask, is_causal, cache, kv_out)
+        if only is not None:
+            x = x[:, only]  # (B, T', C)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         logits[..., self.config.mask_id] = float("-inf")  # SUBS: never predict M
         return logits

@@ -18,6 +18,7 @@ draws exactly the same numbers as this reference.
 import math
 
 import torch
+import torch.nn.functional as F
 
 KINDS = ("low_confidence", "random", "margin", "entropy")
 
@@ -222,7 +223,6 @@ def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_su
     Any of Lc, Ls or prefix_len[r] may be 0; the block itself is never empty of keys."""
     _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
     acc = torch.promote_types(q.dtype, torch.float32)
-    scale = 1.0 / math.sqrt(q.shape[-1])
     ks, vs, valid = [k], [v], [torch.ones(k.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
     if k_prefix is not None:
         slots = torch.arange(k_prefix.shape[2], device=q.device)
@@ -231,9 +231,9 @@ def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_su
     if k_suffix is not None:
         ks, vs = ks + [k_suffix], vs + [v_suffix]
         valid = valid + [torch.ones(k_suffix.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
-    valid = torch.cat(valid, dim=1)[:, None, :, None]  # (B, 1, Lk, 1)
-    K = torch.cat(ks, dim=2).to(acc)  # (B, H, Lk, D)
-    V_ = torch.cat(vs, dim=2).to(acc).masked_fill(~valid, 0.0)  # unused slots never leak (0 * nan)
-    s = (q.to(acc) @ K.transpose(-1, -2)) * scale  # (B, H, b, Lk)
-    s = s.masked_fill(~valid.transpose(-1, -2), float("-inf"))  # whatever unused keys hold
-    return (torch.softmax(s, dim=-1) @ V_).to(q.dtype)  # (B, H, b, D)
+    valid = torch.cat(valid, dim=1)[:, None, None, :]  # (B, 1, 1, Lk): which keys exist
+    unused = ~valid.transpose(-1, -2)  # (B, 1, Lk, 1); zeroed so that whatever they hold never leaks
+    K = torch.cat(ks, dim=2).to(acc).masked_fill(unused, 0.0)  # (B, H, Lk, D); the reference copies,
+    V_ = torch.cat(vs, dim=2).to(acc).masked_fill(unused, 0.0)  # a kernel would not
+    y = F.scaled_dot_product_attention(q.to(acc), K, V_, attn_mask=valid)  # softmax(q K^T / sqrt(D)) V
+    return y.to(q.dtype)  # (B, H, b, D)

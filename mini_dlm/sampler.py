@@ -164,7 +164,7 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
 
     if cache == "block" and P > 0:  # the prompt's keys/values, once (block-causal, like any clean block)
         kv_out = []
-        model(x[:, :P], None if mask is None else mask[..., :P, :P], pos[:, :P], kv_out=kv_out)
+        model(x[:, :P], None if mask is None else mask[..., :P, :P], pos[:, :P], kv_out=kv_out, only=slice(0, 0))
         kv, passes = KVCache.from_forward(kv_out, pad, P, capacity=L), passes + 1
 
     for j in range(n_blocks):
@@ -176,13 +176,13 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
                 break  # threshold / factor finished the block early
             # -- one forward pass -> logits of the block (B, b, V)
             if cache == "none":
-                logits = model(x, mask, pos)[:, lo:hi]
+                logits = model(x, mask, pos, only=slice(lo, hi))
             elif cache in ("prefix", "dual") and i == 0:  # full pass; cache what lies outside the block
                 kv_out = []
-                logits = model(x, mask, pos, kv_out=kv_out)[:, lo:hi]
+                logits = model(x, mask, pos, kv_out=kv_out, only=slice(lo, hi))
                 kv = KVCache.from_forward(kv_out, pad, lo, suffix_from=hi if cache == "dual" else None)
             elif cache == "prefix":
-                logits = model(x[:, lo:], pos=pos[:, lo:], cache=kv)[:, :block_len]
+                logits = model(x[:, lo:], pos=pos[:, lo:], cache=kv, only=slice(0, block_len))
             else:  # dual, block: only the block is recomputed
                 logits = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv)
             passes += 1
@@ -206,7 +206,7 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
                 on_step(step, j, x, F.pad(before & ~eligible, (lo, L - hi)))
         if cache == "block" and j < n_blocks - 1:  # the finished block's clean keys/values
             kv_out = []
-            model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv, kv_out=kv_out)
+            model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv, kv_out=kv_out, only=slice(0, 0))
             passes += 1
             if kv is None:  # empty prompt: this is the first cached block
                 kv = KVCache.from_forward(kv_out, pad, block_len, capacity=L)
@@ -229,7 +229,8 @@ def generate_ar(model, prompts, gen_len=128, temperature=0.0, generator=None, on
     mask, pos = canvas_attention(model, pad, L, P, 0), canvas_positions(pad, L)
     for step in range(1, gen_len + 1):
         n = P + step - 1  # tokens so far
-        logits = model(x[:, :n], None if mask is None else mask[..., :n, :n], pos[:, :n])[:, -1]  # (B, V)
+        m = None if mask is None else mask[..., :n, :n]
+        logits = model(x[:, :n], m, pos[:, :n], only=slice(n - 1, n))[:, 0]  # (B, V): the last position
         x[:, n] = sample_x0(logits, temperature, draw_seed(generator) if temperature > 0 else 0)
         if on_step is not None:
             on_step(step, 0, x, F.pad(torch.ones(B, 1, dtype=torch.bool, device=x.device), (n, L - n - 1)))
