@@ -15,8 +15,9 @@ For each prompt, at batch 1, it generates --gen-len tokens with
 It first checks that the exact cache reproduces its no-cache run (validation before timing),
 then reports forward passes, tokens/s, speedup over the LLaDA baseline, the generative
 perplexity (exp of the mean NLL of the generated tokens under the AR checkpoint, given the
-prompt) and agreement: the fraction of generated tokens equal to the no-cache run with the
-same model and decoding rule.
+prompt), distinct3 (a repetition check: generative perplexity alone rewards loops) and
+agreement: the fraction of generated tokens equal to the no-cache run with the same model
+and decoding rule.
 """
 
 import math
@@ -51,6 +52,13 @@ def gen_nll(ar, prompt, gen):
     x = torch.tensor([prompt + gen], device=next(ar.parameters()).device)
     logits = ar(x[:, :-1])[0, len(prompt) - 1:]  # predictions of the generated tokens
     return F.cross_entropy(logits.float(), x[0, len(prompt):]).item()
+
+
+def distinct3(ids):
+    """Distinct token trigrams / all trigrams: 1.0 for text that never repeats itself, near 0 for
+    a loop. Generative perplexity alone rewards repetition, so the two are read together."""
+    grams = list(zip(ids, ids[1:], ids[2:]))
+    return len(set(grams)) / max(1, len(grams))
 
 
 def timed(device, fn):
@@ -116,15 +124,17 @@ def main(argv=None):
     n_tok = G * len(prompts)
     base_tps = n_tok / results["LLaDA baseline"][1]
     print(f"\n{len(prompts)} prompts x {G} tokens, batch 1, on {name}")
-    print(f"{'decoding':<30} {'passes':>7} {'tok/pass':>8} {'tok/s':>8} {'speedup':>8} {'gen ppl':>8} {'agree':>7}")
+    print(f"{'decoding':<30} {'passes':>7} {'tok/pass':>8} {'tok/s':>8} {'speedup':>8} {'gen ppl':>8} "
+          f"{'distinct3':>9} {'agree':>7}")
     for label, model, kw, ref in runs:
         outs, seconds, passes = results[label]
         nll = sum(gen_nll(ar, p, o) for p, o in zip(prompts, outs)) / len(prompts)
         agree = "-" if ref is None else \
             f"{sum(a == r for o, ro in zip(outs, results[ref][0]) for a, r in zip(o, ro)) / n_tok:.1%}"
         tps = n_tok / seconds
+        uniq = sum(distinct3(o) for o in outs) / len(outs)
         print(f"{label:<30} {passes:>7d} {n_tok / passes:>8.2f} {tps:>8.1f} {tps / base_tps:>7.2f}x "
-              f"{math.exp(nll):>8.2f} {agree:>7}")
+              f"{math.exp(nll):>8.2f} {uniq:>9.2f} {agree:>7}")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,17 @@ def test_fast_sampling_flags(trained, capsys, flags):
     passes = int(out.split("--- forward passes ")[1].split()[0])
     assert 2 <= passes <= 16 and out.count("\nstep ") == passes
     assert "\033[" not in out  # no colour codes when stdout is not a terminal
+
+
+def test_bench_sampling_validates_then_prints_its_table(trained, trained_blocks, corpus_file, tmp_path, capsys):
+    import bench_sampling
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", str(tmp_path), "--max-iters", "2", "--objective", "ar"])
+    bench_sampling.main(["--full", os.path.join(trained, "ckpt.pt"), "--block", trained_blocks,
+                         "--ar", str(tmp_path / "ckpt.pt"), "--device", "cpu", "--gen-len", "8", "--block-len", "8"])
+    out = capsys.readouterr().out
+    assert "check: block cache == no cache, token for token: yes" in out
+    rows = out[out.index("decoding"):].splitlines()[1:]
+    assert [r.split("  ")[0] for r in rows][:2] == ["LLaDA baseline", "threshold 0.9"] and len(rows) == 7
+    assert rows[-1].split()[-1] == "100.0%"  # the exact cache agrees with no cache
+    fails_cleanly(bench_sampling.main, ["--full", os.path.join(trained, "ckpt.pt"), "--ar", trained_blocks,
+                                        "--device", "cpu"], capsys, "AR checkpoint")

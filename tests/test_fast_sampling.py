@@ -151,3 +151,12 @@ def test_bad_options_for_a_block_model(kw, match):
     model = tiny_model(seq_len=64, block_size=8)
     with pytest.raises(ValueError, match=match):
         generate(model, [1, 2], 16, 16, **{"block_len": 8, **kw})
+
+
+@pytest.mark.parametrize("cache, block_size", [("prefix", 0), ("dual", 0), ("block", 8)])
+def test_mask_token_never_emitted_with_caches(cache, block_size):
+    model = tiny_model(seq_len=64, seed=1, block_size=block_size)
+    with torch.no_grad():
+        model.lm_head.weight[model.config.mask_id] = 100.0  # the raw logit of M would win everywhere
+    x, _ = generate(model, [[1, 2], [3, 4, 5, 6]], 16, 16, 8, threshold=0.5, cache=cache)
+    assert not (x[:, -16:] == model.config.mask_id).any()
