@@ -95,7 +95,8 @@ def descending_rank(c):
 def factor_count(c_sorted, n_eligible, factor):
     """Fast-dLLM's factor rule on each row's eligible scores sorted high to low, c(1) >= c(2) >= ...:
     the longest prefix n with c(j) >= 1 - factor / (j + 1) for every j <= n, and at least 1.
-    c_sorted (B, L), n_eligible (B,) -> (B,) int64."""
+    (DESIGN.md section 4. Fast-dLLM's code differs in one case: when only the last eligible
+    position fails, it commits that one too.) c_sorted (B, L), n_eligible (B,) -> (B,) int64."""
     j = torch.arange(1, c_sorted.shape[1] + 1, device=c_sorted.device, dtype=torch.float64)  # 1-based
     ok = (c_sorted >= 1 - factor / (j + 1)) & (j <= n_eligible[:, None])  # (B, L)
     ok[:, 0] = n_eligible > 0  # c(1) always goes
