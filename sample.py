@@ -20,6 +20,7 @@ import torch
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, non_negative_float, number, positive_int, print_config, resolve_device, run
+from mini_dlm.ops import BACKENDS, set_backend, use_ext
 from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
@@ -56,6 +57,8 @@ def get_parser():
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops: the compiled csrc/ "
+                   "kernels where built (auto, ext) or the PyTorch reference (torch)")
     p.add_argument("--show-steps", action="store_true", help="print the first sample's canvas after every step, "
                    "with the tokens committed in that step (in colour on a terminal)")
     return p
@@ -84,6 +87,8 @@ def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
+    set_backend(args.backend)
+    unmask_backend = "ext" if use_ext("unmask", device) else "torch"  # ValueError if ext is asked for but missing
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
     cfg = model.config
     ar = cfg.objective == "ar"
@@ -93,7 +98,7 @@ def main(argv=None):
     args.block_len = args.block_len or cfg.block_size or 32
     prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
     print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
-                            "block_size": cfg.block_size, "trained_steps": ckpt["step"],
+                            "block_size": cfg.block_size, "trained_steps": ckpt["step"], "unmask_op": unmask_backend,
                             "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
 
     M, P = cfg.mask_id, max(len(p) for p in prompts)

@@ -1,13 +1,19 @@
 """
-The sampler's two hot ops in plain PyTorch. These functions are the *specification*: the
-compiled kernels in csrc/ must select exactly the same positions and tokens, and agree with
-the values here to fp32 rounding. Read the docstrings as the contract.
+The sampler's two hot ops. unmask_reference and block_attention_reference, in plain PyTorch,
+are the *specification*: the compiled kernels in csrc/ must select exactly the same positions
+and tokens, and agree with their values to fp32 rounding. Read their docstrings as the
+contract. unmask and block_attention are the public entry points.
 
   unmask           one denoising decision (DESIGN.md sections 3-4): guess x0 at the eligible
                    positions, score the guesses, commit some of them in place (LLaDA's top-k,
                    Fast-dLLM's threshold or factor rule).
   block_attention  attention of a block's queries over a cached prefix, the block itself and
                    an optional cached suffix, as if the three were concatenated (section 5).
+
+Backends. unmask and block_attention validate their arguments, then run the compiled op
+torch.ops.mini_dlm.* (csrc/, built by setup.py) when it exists for the tensors' device, else
+the reference *_reference function here. MINI_DLM_BACKEND=torch|ext (or set_backend, or
+sample.py --backend) forces one; the default "auto" prefers the compiled op.
 
 Random numbers. Gumbel noise for temperature sampling comes from a counter-based hash
 (uniform_hash), not from a torch.Generator: noise for logit (b, i, v) depends only on
@@ -16,11 +22,51 @@ draws exactly the same numbers as this reference.
 """
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
+try:
+    import mini_dlm._C  # noqa: F401  registers torch.ops.mini_dlm.* (csrc/)
+    HAS_EXT = True
+except ImportError:  # not built (e.g. a source checkout without pip install): reference only
+    HAS_EXT = False
+
 KINDS = ("low_confidence", "random", "margin", "entropy")
+BACKENDS = ("auto", "torch", "ext")
+_backend = "auto"
+
+
+def set_backend(name):
+    """auto: the compiled op where it exists, else the reference; torch: always the reference;
+    ext: always the compiled op (ValueError where there is none)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def has_kernel(op, device):
+    """Whether the compiled op `op` (e.g. "unmask") has a kernel for this device type."""
+    if not HAS_EXT:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"mini_dlm::{op}", device.type.upper())
+    except RuntimeError:  # the op is not compiled into this build at all
+        return False
+
+
+def use_ext(op, device):
+    if _backend == "torch":
+        return False
+    if _backend == "ext" and not has_kernel(op, device):
+        raise ValueError(f"backend 'ext' requested, but mini_dlm._C has no {op} kernel for {device.type}"
+                           + ("" if HAS_EXT else " (the extension is not built: pip install --no-build-isolation -e .)"))
+    return has_kernel(op, device)
+
+
+set_backend(os.environ.get("MINI_DLM_BACKEND", "auto"))
 
 _M64 = (1 << 64) - 1
 
@@ -70,18 +116,21 @@ def sample_x0(logits, temperature=0.0, seed=0, rows=None):
 
 def confidence(logits, x0, kind):
     """Scores (N,) float64 of the guesses x0 (N,) under the untempered softmax of logits (N, V),
-    computed as p_v = exp(l_v - max) / sum_u exp(l_u - max) in float64:
-      low_confidence  p[x0]                 (LLaDA, Fast-dLLM)
-      margin          p(1) - p(2), the two largest probabilities (0 when they tie)
-      entropy         sum_v p_v log p_v = -H(p) (terms with p_v = 0 count 0)."""
-    logp = torch.log_softmax(logits.double(), dim=-1)  # (N, V)
+    from e_v = exp(l_v - max_u l_u) and s = sum_v e_v in float64 (p_v = e_v / s; a kernel
+    gets max, s and the sums below in one online pass over the row):
+      low_confidence  p[x0] = e[x0] / s                    (LLaDA, Fast-dLLM)
+      margin          p(1) - p(2) = (1 - e(2)) / s, with e(2) the runner-up (0 when they tie)
+      entropy         sum_v p_v log p_v = sum_v e_v (l_v - max) / s - log s = -H(p)."""
+    lg = logits.double()
+    z = lg - lg.max(dim=-1, keepdim=True).values  # (N, V): <= 0, -inf for impossible tokens
+    e = z.exp()
+    s = e.sum(dim=-1)  # (N,) >= 1
     if kind == "low_confidence":
-        return logp.gather(-1, x0[:, None]).squeeze(-1).exp()
-    p = logp.exp()
+        return e.gather(-1, x0[:, None]).squeeze(-1) / s
     if kind == "margin":
-        top2 = p.topk(2, dim=-1).values  # (N, 2)
-        return top2[:, 0] - top2[:, 1]
-    return torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1)
+        top2 = e.topk(2, dim=-1).values  # (N, 2): 1 and the runner-up
+        return (top2[:, 0] - top2[:, 1]) / s
+    return torch.where(e > 0, e * z, torch.zeros_like(e)).sum(dim=-1) / s - s.log()
 
 
 def descending_rank(c):
@@ -127,9 +176,28 @@ def _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned
         raise ValueError(f"banned must hold at least the mask token, ids in [0, {V}), got {list(banned)}")
 
 
-@torch.no_grad()
 def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low_confidence",
            scores=None, temperature=0.0, seed=0, banned=()):
+    """Check the arguments (ValueError), then run the compiled op or unmask_reference (the spec)."""
+    _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned)
+    if not use_ext("unmask", logits.device):
+        return unmask_reference(logits, tokens, eligible, k=k, tau=tau, factor=factor, kind=kind,
+                                scores=scores, temperature=temperature, seed=seed, banned=banned)
+    rule = "schedule" if k is not None else "threshold" if tau is not None else "factor"
+    return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [int(b) for b in banned], k,
+                                     0.0 if tau is None else float(tau), 0.0 if factor is None else float(factor),
+                                     rule, kind, scores, float(temperature), _signed(int(seed) & _M64))
+
+
+if HAS_EXT:
+    @torch.library.register_fake("mini_dlm::unmask")
+    def _unmask_fake(logits, tokens, eligible, banned, k, tau, factor, rule, kind, scores, temperature, seed):
+        return logits.new_empty((logits.shape[0],), dtype=torch.long)  # tokens, eligible: in place
+
+
+@torch.no_grad()
+def unmask_reference(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low_confidence",
+                     scores=None, temperature=0.0, seed=0, banned=()):
     """One denoising step's decision, in place. Returns the count committed per row (B,) int64.
 
     logits    (B, L, V) float32 / bfloat16 / float16: the model's output. Only rows with
@@ -156,7 +224,6 @@ def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low
     lowest token id. Every eligible row needs at least one finite, non-banned logit.
     tau = 1.0 commits exactly one position per row unless several confidences are exactly
     1.0 in float64 (possible only when one logit leads the rest by about 37 or more)."""
-    _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned)
     B, L, V = logits.shape
     rows = eligible.flatten().nonzero().squeeze(1)  # (N,) flat indices b * L + i
     lg = logits.reshape(B * L, V)[rows].double()  # (N, V): ineligible rows are never read
@@ -209,6 +276,13 @@ def _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix
 
 
 def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_suffix=None, v_suffix=None):
+    """Check the arguments (ValueError), then run block_attention_reference (the spec; no
+    compiled kernel yet)."""
+    _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
+    return block_attention_reference(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
+
+
+def block_attention_reference(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_suffix=None, v_suffix=None):
     """Attention of a block over [prefix[:prefix_len] ; block ; suffix], without the caller copying.
 
     q, k, v             (B, H, b, D): the block's queries, keys and values (the block sees
@@ -222,7 +296,6 @@ def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_su
         softmax(q K^T / sqrt(D)) V,  K = [k_prefix[r, :, :prefix_len[r]] ; k ; k_suffix]
     with scores, softmax and the weighted sum in float32 (float64 inputs stay float64).
     Any of Lc, Ls or prefix_len[r] may be 0; the block itself is never empty of keys."""
-    _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
     acc = torch.promote_types(q.dtype, torch.float32)
     ks, vs, valid = [k], [v], [torch.ones(k.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
     if k_prefix is not None:

@@ -240,3 +240,13 @@ def test_bench_sampling_validates_then_prints_its_table(trained, trained_blocks,
     assert rows[-1].split()[-1] == "100.0%"  # the exact cache agrees with no cache
     fails_cleanly(bench_sampling.main, ["--full", os.path.join(trained, "ckpt.pt"), "--ar", trained_blocks,
                                         "--device", "cpu"], capsys, "AR checkpoint")
+
+
+def test_backends_give_the_same_text(trained, capsys):
+    texts = []
+    for backend in ("torch", "auto"):
+        sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--gen-len", "16",
+                     "--block-len", "8", "--threshold", "0.3", "--temperature", "0.7", "--backend", backend])
+        out = capsys.readouterr().out
+        texts.append(out[out.index("--- sample"):out.index("--- forward passes")])
+    assert texts[0] == texts[1]
