@@ -184,6 +184,8 @@ def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low
         return unmask_reference(logits, tokens, eligible, k=k, tau=tau, factor=factor, kind=kind,
                                 scores=scores, temperature=temperature, seed=seed, banned=banned)
     rule = "schedule" if k is not None else "threshold" if tau is not None else "factor"
+    logits = logits if logits.stride(-1) == 1 else logits.contiguous()  # the kernel reads rows of V
+    scores = None if scores is None or kind != "random" else scores.double()
     return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [int(b) for b in banned], k,
                                      0.0 if tau is None else float(tau), 0.0 if factor is None else float(factor),
                                      rule, kind, scores, float(temperature), _signed(int(seed) & _M64))

@@ -99,3 +99,33 @@ def test_unmask_bad_inputs_raise_runtime_error(change, match):
     change(a)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.mini_dlm.unmask(*a.values())
+
+
+def test_public_unmask_accepts_what_the_reference_accepts():
+    """Logits strided in V and float32 random scores go through the compiled op too."""
+    logits, tokens, eligible, scores = case(4, 2, 6, 11, torch.float32, 0.7)
+    strided = logits.transpose(1, 2).contiguous().transpose(1, 2)  # same values, V not contiguous
+    t1, e1, t2, e2 = tokens.clone(), eligible.clone(), tokens.clone(), eligible.clone()
+    n1 = ops.unmask_reference(logits, t1, e1, tau=0.3, kind="random", scores=scores, banned=[10])
+    ops.set_backend("ext")
+    try:
+        n2 = ops.unmask(strided, t2, e2, tau=0.3, kind="random", scores=scores.float().double(), banned=[10])
+        n3 = ops.unmask(strided, tokens.clone(), eligible.clone(), tau=0.3, kind="random", scores=scores.float(),
+                        banned=[10])
+    finally:
+        ops.set_backend("auto")
+    assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2)
+    assert n3.shape == n1.shape
+
+
+def test_torch_compile_fullgraph_traces_the_op():
+    """register_fake (mini_dlm/ops.py) lets torch.compile trace through the in-place op."""
+    def step(logits, tokens, eligible):
+        return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [12], None, 0.3, 0.0, "threshold",
+                                         "low_confidence", None, 0.0, 0)
+
+    logits, tokens, eligible, _ = case(5, 2, 8, 13, torch.float32, 0.5)
+    t1, e1, t2, e2 = tokens.clone(), eligible.clone(), tokens.clone(), eligible.clone()
+    n1 = torch.compile(step, fullgraph=True)(logits, t1, e1)
+    n2 = step(logits, t2, e2)
+    assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2) and n1.sum() > 0
