@@ -5,28 +5,38 @@ Installs the mini_dlm package and builds its compiled extension mini_dlm._C:
 
 --no-build-isolation builds against the torch already installed (the CPU wheel on a laptop,
 your CUDA build on a GPU box) instead of downloading another one. The C++ CPU kernels in
-csrc/ are always built (torch.utils.cpp_extension + ninja); CUDA kernels join them when torch
-sees CUDA and CUDA_HOME is set (USE_CUDA=0 forces a CPU-only build). If the extension is
-missing, mini_dlm/ops.py falls back to its PyTorch reference.
+csrc/*.cpp are always built (torch.utils.cpp_extension + ninja). The CUDA kernels
+(csrc/*.cu and their glue csrc/*_cuda.cpp) are an untested draft: they are built only with
+MINI_DLM_CUDA=1, and only when torch sees CUDA and CUDA_HOME is set; USE_CUDA=0 always
+forces a CPU-only build. If the extension is missing, mini_dlm/ops.py falls back to its
+PyTorch reference.
 """
 
 import glob
 import os
 import sys
 
+import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def extension():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cpp = [f for f in sorted(glob.glob(os.path.join("csrc", "*.cpp"))) if not f.endswith("_cuda.cpp")]
     # at::parallel_for is OpenMP inside ATen's headers: without -fopenmp it silently runs on one
     # thread. (Apple's clang has no -fopenmp; there the kernels run single-threaded.)
     omp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    return CppExtension("mini_dlm._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],
-                        extra_compile_args={"cxx": ["-O3", "-std=c++17"] + omp}, extra_link_args=omp)
+    cxx = ["-O3", "-std=c++17"] + omp
+    cuda = (os.environ.get("USE_CUDA", "1") != "0" and os.environ.get("MINI_DLM_CUDA") == "1"
+            and torch.cuda.is_available() and CUDA_HOME is not None)
+    if cuda:
+        sources = cpp + sorted(glob.glob(os.path.join("csrc", "*_cuda.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
+        return CUDAExtension("mini_dlm._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=omp,
+                             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]})
+    return CppExtension("mini_dlm._C", cpp, include_dirs=[os.path.join(ROOT, "csrc")],
+                        extra_compile_args={"cxx": cxx}, extra_link_args=omp)
 
 
 setup(

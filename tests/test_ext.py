@@ -129,3 +129,33 @@ def test_torch_compile_fullgraph_traces_the_op():
     n1 = torch.compile(step, fullgraph=True)(logits, t1, e1)
     n2 = step(logits, t2, e2)
     assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2) and n1.sum() > 0
+
+
+CUDA = torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))
+
+
+@pytest.mark.skipif(not CUDA, reason="no GPU, or mini_dlm._C built without CUDA (MINI_DLM_CUDA=1)")
+@pytest.mark.parametrize("B, L, V", SHAPES + [(8, 256, 32768)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_unmask_cuda_matches_reference(B, L, V, dtype):
+    for trial in range(6):
+        kind = ops.KINDS[trial % 4]
+        logits, tokens, eligible, scores = case(trial, B, L, V, dtype, [1.0, 0.0, 0.5][trial % 3])
+        mode = [{"k": torch.randint(0, L + 2, (B,))}, {"tau": 0.3}, {"factor": 1.5}][trial % 3]
+        temperature = [0.0, 0.8][trial % 2]
+        t1, e1 = tokens.clone(), eligible.clone()
+        n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, seed=trial,
+                                  banned=[V - 1], **mode)
+        cuda_mode = {key: (val.cuda() if torch.is_tensor(val) else val) for key, val in mode.items()}
+        t2, e2 = tokens.cuda(), eligible.cuda()
+        n2 = ext_unmask(logits.cuda(), t2, e2, [V - 1], kind=kind, scores=scores.cuda(), temperature=temperature,
+                        seed=trial, **cuda_mode)
+        assert torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu()), (kind, mode)
+
+
+@pytest.mark.skipif(not CUDA, reason="no GPU, or mini_dlm._C built without CUDA (MINI_DLM_CUDA=1)")
+def test_unmask_cuda_opcheck():
+    logits, tokens, eligible, _ = case(1, 2, 9, 17, torch.float32, 0.6)
+    torch.library.opcheck(torch.ops.mini_dlm.unmask.default,
+                          (logits.cuda(), tokens.cuda(), eligible.cuda(), [16], None, 0.5, 0.0, "threshold",
+                           "margin", None, 0.7, 5))
