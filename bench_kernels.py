@@ -16,7 +16,7 @@ import time
 import torch
 
 from mini_dlm import ops
-from mini_dlm.cli import Parser, resolve_device, run
+from mini_dlm.cli import Parser, positive_int, resolve_device, run
 
 SHAPES = [  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
     (16, 256, 4096, torch.float32, "all"),
@@ -29,7 +29,7 @@ SHAPES = [  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 
 def get_parser():
     p = Parser(description="Validate, then time the compiled ops against their PyTorch reference.")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to run")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (after 2 warm-up calls)")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per measurement (after 2 warm-up calls)")
     return p
 
 

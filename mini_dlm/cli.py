@@ -10,11 +10,21 @@ from contextlib import nullcontext
 import torch
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: ...)' to each flag's help, unless the help already says its default
+    (flags whose default is None explain it in words: 'default: off', 'default: G')."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with defaults shown in --help and one-line errors."""
 
     def __init__(self, **kw):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+        super().__init__(formatter_class=HelpWithDefaults, **kw)
 
     def error(self, message):
         die(f"{self.prog}: {message}")
