@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, autocast, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
 from mini_dlm.sampler import generate
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
@@ -40,7 +40,7 @@ def get_parser():
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint that scores the generations (same data and tokenizer)")
     p.add_argument("--gen-len", type=positive_int, default=256, help="tokens generated per prompt")
     p.add_argument("--block-len", type=positive_int, default=32, help="block length for the full-attention model")
-    p.add_argument("--threshold", type=float, default=0.9, help="Fast-dLLM's tau")
+    p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau")
     p.add_argument("--prompt", action="append", help=f"repeatable (default: {len(PROMPTS)} speaker prompts)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
     return p

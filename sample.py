@@ -19,20 +19,13 @@ import time
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, autocast, non_negative_float, number, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, positive_float, positive_int,
+                          print_config, resolve_device, run)
 from mini_dlm.ops import BACKENDS, set_backend, use_ext
 from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
 FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal
-
-
-def finite_float(s):
-    return number(s, float, lambda v: abs(v) < float("inf"), "a finite number")
-
-
-def positive_float(s):
-    return number(s, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def get_parser():

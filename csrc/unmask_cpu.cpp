@@ -27,23 +27,13 @@
 #include <vector>
 
 #include "hash.h"
+#include "unmask_args.h"
 
 namespace mini_dlm {
 
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-enum Kind { LOW_CONFIDENCE = 0, MARGIN = 1, ENTROPY = 2, RANDOM = 3 };
-
-int kind_of(c10::string_view kind) {
-  if (kind == "low_confidence") return LOW_CONFIDENCE;
-  if (kind == "margin") return MARGIN;
-  if (kind == "entropy") return ENTROPY;
-  if (kind == "random") return RANDOM;
-  TORCH_CHECK(false, "unmask: kind must be low_confidence, margin, entropy or random, got ", kind);
-  return -1;
-}
 
 // Two passes over a row of V logits -> guess x0 and its confidence. Returns false if every
 // allowed logit is -inf (nothing can be predicted).
@@ -73,6 +63,8 @@ bool scan_row(const scalar_t* row, int64_t V, const char* banned, int kind, doub
   }
   if (argmax < 0 || m == -kInf) return false;
   if (temperature <= 0) x0 = argmax;
+  *x0_out = x0;
+  if (kind == RANDOM) return true;  // the caller's score is the confidence: no sums needed
   double s = 0.0, t = 0.0;
   if (kind == ENTROPY) {
     for (int64_t v = 0; v < V; ++v) {
@@ -84,7 +76,6 @@ bool scan_row(const scalar_t* row, int64_t V, const char* banned, int kind, doub
   } else {
     for (int64_t v = 0; v < V; ++v) s += banned[v] ? 0.0 : std::exp(static_cast<double>(row[v]) - m);
   }
-  *x0_out = x0;
   if (kind == LOW_CONFIDENCE) *c_out = std::exp(static_cast<double>(row[x0]) - m) / s;
   else if (kind == MARGIN) *c_out = (1.0 - std::exp(second - m)) / s;
   else if (kind == ENTROPY) *c_out = t / s - std::log(s);
@@ -98,32 +89,13 @@ at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& 
                       c10::string_view kind_name, const c10::optional<at::Tensor>& scores, double temperature,
                       int64_t seed) {
   // -- every input checked at the boundary
-  TORCH_CHECK(logits.dim() == 3, "unmask: logits must be (B, L, V), got ", logits.dim(), " dims");
+  const UnmaskArgs a = check_unmask_args(logits, tokens, eligible, banned, k, tau, factor, rule, kind_name, scores);
   TORCH_CHECK(logits.device().is_cpu(), "unmask_cpu: logits must be on the CPU");
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "unmask: logits must be floating point, got ",
               logits.scalar_type());
-  TORCH_CHECK(logits.stride(2) == 1, "unmask: logits must be contiguous in V");
-  const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(tokens.dim() == 2 && tokens.size(0) == B && tokens.size(1) == L && tokens.scalar_type() == at::kLong,
-              "unmask: tokens must be (", B, ", ", L, ") int64");
-  TORCH_CHECK(eligible.dim() == 2 && eligible.size(0) == B && eligible.size(1) == L &&
-                  eligible.scalar_type() == at::kBool,
-              "unmask: eligible must be (", B, ", ", L, ") bool");
-  TORCH_CHECK(tokens.device().is_cpu() && eligible.device().is_cpu(), "unmask_cpu: tokens, eligible on the CPU");
-  TORCH_CHECK(!banned.empty(), "unmask: banned must hold at least the mask token");
-  for (int64_t id : banned) TORCH_CHECK(0 <= id && id < V, "unmask: banned id ", id, " outside [0, ", V, ")");
-  const bool schedule = rule == "schedule", threshold = rule == "threshold", by_factor = rule == "factor";
-  TORCH_CHECK(schedule || threshold || by_factor, "unmask: rule must be schedule, threshold or factor");
-  TORCH_CHECK(!schedule || (k.has_value() && k->dim() == 1 && k->size(0) == B && k->scalar_type() == at::kLong &&
-                            k->device().is_cpu()),
-              "unmask: schedule mode needs k of shape (", B, ",) int64 on the CPU");
-  TORCH_CHECK(!by_factor || factor > 0, "unmask: factor must be > 0");
-  TORCH_CHECK(!std::isnan(tau), "unmask: tau must be a number");
-  const int kind = kind_of(kind_name);
-  TORCH_CHECK(kind != RANDOM || (scores.has_value() && scores->dim() == 2 && scores->size(0) == B &&
-                                 scores->size(1) == L && scores->scalar_type() == at::kDouble &&
-                                 scores->device().is_cpu()),
-              "unmask: kind='random' needs scores of shape (", B, ", ", L, ") float64 on the CPU");
+  const int64_t B = a.B, L = a.L, V = a.V;
+  const int kind = a.kind;
+  const bool schedule = a.rule == SCHEDULE, threshold = a.rule == THRESHOLD;
 
   std::vector<char> is_banned(V, 0);
   for (int64_t id : banned) is_banned[id] = 1;
@@ -133,6 +105,8 @@ at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& 
   auto tok = tokens.accessor<int64_t, 2>();
   auto elig = eligible.accessor<bool, 2>();
   std::atomic<bool> empty_row{false};
+  const at::Tensor scores_c = kind == RANDOM ? scores->contiguous() : at::Tensor();
+  const double* sc = kind == RANDOM ? scores_c.data_ptr<double>() : nullptr;
 
   // -- 1. one pass over each eligible row
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "unmask_cpu", [&] {
@@ -146,15 +120,11 @@ at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& 
         if (!scan_row<scalar_t>(base + b * sb + i * si, V, is_banned.data(), kind, temperature, key, index, &x0[r],
                                 &conf[r]))
           empty_row = true;
+        if (kind == RANDOM) conf[r] = sc[r];
       }
     });
   });
   TORCH_CHECK(!empty_row, "unmask: an eligible position has no finite logit outside the banned ids");
-  if (kind == RANDOM) {
-    auto sc = scores->accessor<double, 2>();
-    for (int64_t r = 0; r < B * L; ++r)
-      if (elig[r / L][r % L]) conf[r] = sc[r / L][r % L];
-  }
 
   // -- 2. per batch row: rank the eligible positions, commit a prefix
   at::Tensor count = at::zeros({B}, tokens.options());

@@ -12,6 +12,8 @@
 
 #include <vector>
 
+#include "unmask_args.h"
+
 namespace mini_dlm {
 
 void launch_unmask_scan(const void* logits, int dtype, int64_t B, int64_t L, int64_t V, int64_t stride_b,
@@ -22,56 +24,21 @@ void launch_unmask_select(int64_t B, int64_t L, int64_t* tokens, int64_t tok_sb,
                           const int64_t* k, double tau, double factor, int32_t* order, int64_t* count,
                           cudaStream_t stream);
 
-namespace {
-
-int kind_code(c10::string_view kind) {
-  if (kind == "low_confidence") return 0;
-  if (kind == "margin") return 1;
-  if (kind == "entropy") return 2;
-  if (kind == "random") return 3;
-  TORCH_CHECK(false, "unmask: kind must be low_confidence, margin, entropy or random, got ", kind);
-  return -1;
-}
-
-}  // namespace
-
 at::Tensor unmask_cuda(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& eligible, at::IntArrayRef banned,
                        const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
                        c10::string_view kind_name, const c10::optional<at::Tensor>& scores, double temperature,
                        int64_t seed) {
-  TORCH_CHECK(logits.dim() == 3, "unmask: logits must be (B, L, V), got ", logits.dim(), " dims");
+  const UnmaskArgs a = check_unmask_args(logits, tokens, eligible, banned, k, tau, factor, rule, kind_name, scores);
   TORCH_CHECK(logits.is_cuda(), "unmask_cuda: logits must be on a CUDA device");
   const auto dt = logits.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
               "unmask_cuda: logits must be float32, bfloat16 or float16, got ", dt);
-  TORCH_CHECK(logits.stride(2) == 1, "unmask: logits must be contiguous in V");
-  const int64_t B = logits.size(0), L = logits.size(1), V = logits.size(2);
-  TORCH_CHECK(tokens.dim() == 2 && tokens.size(0) == B && tokens.size(1) == L && tokens.scalar_type() == at::kLong,
-              "unmask: tokens must be (", B, ", ", L, ") int64");
-  TORCH_CHECK(eligible.dim() == 2 && eligible.size(0) == B && eligible.size(1) == L &&
-                  eligible.scalar_type() == at::kBool && eligible.is_contiguous(),
-              "unmask: eligible must be a contiguous (", B, ", ", L, ") bool tensor");
-  TORCH_CHECK(tokens.device() == logits.device() && eligible.device() == logits.device(),
-              "unmask: logits, tokens and eligible must be on one device");
-  TORCH_CHECK(!banned.empty(), "unmask: banned must hold at least the mask token");
-  const int rule_code = rule == "schedule" ? 0 : rule == "threshold" ? 1 : rule == "factor" ? 2 : -1;
-  TORCH_CHECK(rule_code >= 0, "unmask: rule must be schedule, threshold or factor");
-  TORCH_CHECK(rule_code != 0 || (k.has_value() && k->dim() == 1 && k->size(0) == B &&
-                                 k->scalar_type() == at::kLong && k->device() == logits.device()),
-              "unmask: schedule mode needs k of shape (", B, ",) int64 on the logits' device");
-  TORCH_CHECK(rule_code != 2 || factor > 0, "unmask: factor must be > 0");
-  TORCH_CHECK(!std::isnan(tau), "unmask: tau must be a number");
-  const int kind = kind_code(kind_name);
-  TORCH_CHECK(kind != 3 || (scores.has_value() && scores->dim() == 2 && scores->size(0) == B &&
-                            scores->size(1) == L && scores->scalar_type() == at::kDouble &&
-                            scores->device() == logits.device()),
-              "unmask: kind='random' needs scores of shape (", B, ", ", L, ") float64 on the logits' device");
+  TORCH_CHECK(eligible.is_contiguous(), "unmask_cuda: eligible must be contiguous (it is written in place)");
+  const int64_t B = a.B, L = a.L, V = a.V;
+  const int kind = a.kind, rule_code = a.rule;
 
   std::vector<int32_t> bits((V + 31) / 32, 0);  // the banned ids as a bit set, copied to the device
-  for (int64_t id : banned) {
-    TORCH_CHECK(0 <= id && id < V, "unmask: banned id ", id, " outside [0, ", V, ")");
-    bits[id >> 5] |= static_cast<int32_t>(1u << (id & 31));
-  }
+  for (int64_t id : banned) bits[id >> 5] |= static_cast<int32_t>(1u << (id & 31));
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto on_device = [&](at::ScalarType t) { return logits.options().dtype(t); };
@@ -82,8 +49,8 @@ at::Tensor unmask_cuda(const at::Tensor& logits, at::Tensor& tokens, at::Tensor&
   at::Tensor order = at::empty({B * L}, on_device(at::kInt));
   at::Tensor count = at::empty({B}, on_device(at::kLong));
   at::Tensor empty_row = at::zeros({1}, on_device(at::kInt));
-  const at::Tensor k_c = rule_code == 0 ? k->contiguous() : at::Tensor();
-  const at::Tensor scores_c = kind == 3 ? scores->contiguous() : at::Tensor();
+  const at::Tensor k_c = rule_code == SCHEDULE ? k->contiguous() : at::Tensor();
+  const at::Tensor scores_c = kind == RANDOM ? scores->contiguous() : at::Tensor();
 
   launch_unmask_scan(logits.data_ptr(), dt == at::kFloat ? 0 : dt == at::kBFloat16 ? 1 : 2, B, L, V,
                      logits.stride(0), logits.stride(1), eligible.data_ptr<bool>(),
@@ -95,8 +62,8 @@ at::Tensor unmask_cuda(const at::Tensor& logits, at::Tensor& tokens, at::Tensor&
   TORCH_CHECK(empty_row.item<int>() == 0, "unmask: an eligible position has no finite logit outside the banned ids");
   launch_unmask_select(B, L, tokens.data_ptr<int64_t>(), tokens.stride(0), tokens.stride(1), eligible.data_ptr<bool>(),
                        x0.data_ptr<int64_t>(), conf.data_ptr<double>(),
-                       kind == 3 ? scores_c.data_ptr<double>() : nullptr, kind, rule_code,
-                       rule_code == 0 ? k_c.data_ptr<int64_t>() : nullptr, tau, factor, order.data_ptr<int32_t>(),
+                       kind == RANDOM ? scores_c.data_ptr<double>() : nullptr, kind, rule_code,
+                       rule_code == SCHEDULE ? k_c.data_ptr<int64_t>() : nullptr, tau, factor, order.data_ptr<int32_t>(),
                        count.data_ptr<int64_t>(), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return count;

@@ -58,6 +58,14 @@ def non_negative_float(s):
     return number(s, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
+def finite_float(s):
+    return number(s, float, lambda v: abs(v) < float("inf"), "a finite number")
+
+
+def positive_float(s):
+    return number(s, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+
+
 def resolve_device(name):
     """auto -> cuda if available else cpu. Asking for cuda without one is an error."""
     if name == "auto":

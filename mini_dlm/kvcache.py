@@ -42,11 +42,11 @@ class KVCache:
         Transformer.forward), and with suffix_from also columns [suffix_from, T) as the suffix.
         capacity (default end) leaves room to append() later."""
         capacity = end if capacity is None else capacity
-        k = [compact(k, pad, end, capacity) for k, _ in kv_out]
-        v = [compact(v, pad, end, capacity) for _, v in kv_out]
+        k = [compact(lk, pad, end, capacity) for lk, _ in kv_out]
+        v = [compact(lv, pad, end, capacity) for _, lv in kv_out]
         ks = vs = None
         if suffix_from is not None:
-            ks, vs = [k[:, :, suffix_from:] for k, _ in kv_out], [v[:, :, suffix_from:] for _, v in kv_out]
+            ks, vs = [lk[:, :, suffix_from:] for lk, _ in kv_out], [lv[:, :, suffix_from:] for _, lv in kv_out]
         return cls(k, v, end - pad, ks, vs)
 
     def layer(self, i):

@@ -238,14 +238,13 @@ def unmask_reference(logits, tokens, eligible, *, k=None, tau=None, factor=None,
     c = c.view(B, L)  # -inf off the eligible set, so eligible positions rank first
 
     rank = descending_rank(c)  # (B, L)
-    n_eligible = eligible.sum(dim=1)  # (B,)
     if k is not None:
         commit = rank < k[:, None]
     elif tau is not None:
         commit = (c >= tau) | (rank == 0)
     else:
         c_sorted = c.gather(1, torch.sort(rank, dim=1).indices)  # (B, L) high to low
-        commit = rank < factor_count(c_sorted, n_eligible, factor)[:, None]
+        commit = rank < factor_count(c_sorted, eligible.sum(dim=1), factor)[:, None]
     commit &= eligible
 
     guess = tokens.flatten().clone()
@@ -299,17 +298,13 @@ def block_attention_reference(q, k, v, k_prefix=None, v_prefix=None, prefix_len=
     with scores, softmax and the weighted sum in float32 (float64 inputs stay float64).
     Any of Lc, Ls or prefix_len[r] may be 0; the block itself is never empty of keys."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    ks, vs, valid = [k], [v], [torch.ones(k.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
-    if k_prefix is not None:
-        slots = torch.arange(k_prefix.shape[2], device=q.device)
-        ks, vs = [k_prefix] + ks, [v_prefix] + vs
-        valid = [slots[None, :] < prefix_len[:, None]] + valid  # (B, Lc)
-    if k_suffix is not None:
-        ks, vs = ks + [k_suffix], vs + [v_suffix]
-        valid = valid + [torch.ones(k_suffix.shape[2], dtype=torch.bool, device=q.device).expand(q.shape[0], -1)]
-    valid = torch.cat(valid, dim=1)[:, None, None, :]  # (B, 1, 1, Lk): which keys exist
+    K = torch.cat([t for t in (k_prefix, k, k_suffix) if t is not None], dim=2).to(acc)  # (B, H, Lk, D);
+    V_ = torch.cat([t for t in (v_prefix, v, v_suffix) if t is not None], dim=2).to(acc)  # a kernel would not copy
+    Lc = 0 if k_prefix is None else k_prefix.shape[2]
+    slot = torch.arange(K.shape[2], device=q.device)
+    valid = slot >= Lc if k_prefix is None else (slot >= Lc) | (slot < prefix_len[:, None])  # (Lk,) | (B, Lk)
+    valid = valid.expand(q.shape[0], -1)[:, None, None, :]  # (B, 1, 1, Lk): which keys exist
     unused = ~valid.transpose(-1, -2)  # (B, 1, Lk, 1); zeroed so that whatever they hold never leaks
-    K = torch.cat(ks, dim=2).to(acc).masked_fill(unused, 0.0)  # (B, H, Lk, D); the reference copies,
-    V_ = torch.cat(vs, dim=2).to(acc).masked_fill(unused, 0.0)  # a kernel would not
+    K, V_ = K.masked_fill(unused, 0.0), V_.masked_fill(unused, 0.0)
     y = F.scaled_dot_product_attention(q.to(acc), K, V_, attn_mask=valid)  # softmax(q K^T / sqrt(D)) V
     return y.to(q.dtype)  # (B, H, b, D)

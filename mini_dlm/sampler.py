@@ -187,7 +187,7 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
                 logits = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv)
             passes += 1
             # -- commit some guesses, in place in x[:, lo:hi] and eligible
-            before = eligible.clone()
+            before = eligible.clone() if on_step is not None else None
             if remasking == "random":
                 mode["scores"] = torch.rand(eligible.shape, dtype=torch.float64, device=x.device, generator=generator)
             if temperature > 0:
