@@ -27,8 +27,11 @@ def extension():
     cpp = [f for f in sorted(glob.glob(os.path.join("csrc", "*.cpp"))) if not f.endswith("_cuda.cpp")]
     # at::parallel_for is OpenMP inside ATen's headers: without -fopenmp it silently runs on one
     # thread. (Apple's clang has no -fopenmp; there the kernels run single-threaded.)
-    omp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx = ["-O3", "-std=c++17"] + omp
+    linux = sys.platform.startswith("linux")
+    omp = ["-fopenmp"] if linux else []
+    # -march=native (as llm.c builds): the extension is compiled on the machine that runs it, and
+    # the attention kernel's SIMD vectors become AVX2/AVX-512 instead of baseline SSE2.
+    cxx = ["-O3", "-std=c++17"] + (["-march=native"] if linux else []) + omp
     cuda = (os.environ.get("USE_CUDA", "1") != "0" and os.environ.get("MINI_DLM_CUDA") == "1"
             and torch.cuda.is_available() and CUDA_HOME is not None)
     if cuda:

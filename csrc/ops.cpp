@@ -1,5 +1,5 @@
 // The op schemas, declared once (pytorch/extension-cpp style); each backend registers its
-// implementation with TORCH_LIBRARY_IMPL in its own file (unmask_cpu.cpp, ...).
+// implementation with TORCH_LIBRARY_IMPL in its own file (unmask_cpu.cpp, attention_cpu.cpp, ...).
 // Python: import mini_dlm._C, then torch.ops.mini_dlm.unmask(...); mini_dlm/ops.py wraps it.
 #include <Python.h>
 #include <torch/library.h>
@@ -18,4 +18,7 @@ TORCH_LIBRARY(mini_dlm, m) {
   // rule: "schedule" (uses k), "threshold" (uses tau) or "factor" (uses factor).
   m.def("unmask(Tensor logits, Tensor(a!) tokens, Tensor(b!) eligible, int[] banned, Tensor? k, float tau, "
         "float factor, str rule, str kind, Tensor? scores, float temperature, int seed) -> Tensor");
+  // softmax(q K^T / sqrt(D)) V over K = [k_prefix[r, :, :prefix_len[r]] ; k ; k_suffix], read in place.
+  m.def("block_attention(Tensor q, Tensor k, Tensor v, Tensor? k_prefix, Tensor? v_prefix, Tensor? prefix_len, "
+        "Tensor? k_suffix, Tensor? v_suffix) -> Tensor");
 }

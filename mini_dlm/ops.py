@@ -47,14 +47,25 @@ def set_backend(name):
     _backend = name
 
 
+def _compiled_kernels():
+    """{(op, dispatch key)} of the kernels mini_dlm._C registered, e.g. ("unmask", "CPU")."""
+    found = set()
+    for op in ("unmask", "block_attention"):
+        for key in ("CPU", "CUDA"):
+            try:
+                if HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(f"mini_dlm::{op}", key):
+                    found.add((op, key))
+            except RuntimeError:  # the op is not in this build at all
+                pass
+    return found
+
+
+_KERNELS = _compiled_kernels()  # looked up once: a set lookup is free, and torch.compile traces it
+
+
 def has_kernel(op, device):
     """Whether the compiled op `op` (e.g. "unmask") has a kernel for this device type."""
-    if not HAS_EXT:
-        return False
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"mini_dlm::{op}", device.type.upper())
-    except RuntimeError:  # the op is not compiled into this build at all
-        return False
+    return (op, device.type.upper()) in _KERNELS
 
 
 def use_ext(op, device):
@@ -152,6 +163,12 @@ def factor_count(c_sorted, n_eligible, factor):
     return ok.long().cumprod(dim=1).sum(dim=1)
 
 
+def _compiling():
+    """Under torch.compile the checks that read tensor values are skipped (they would break the
+    graph); the compiled ops check those values themselves."""
+    return torch.compiler.is_compiling()
+
+
 def _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned):
     if logits.dim() != 3 or logits.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"logits must be (B, L, V) float32/bfloat16/float16, got {tuple(logits.shape)} {logits.dtype}")
@@ -162,7 +179,7 @@ def _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned
         raise ValueError(f"eligible must be ({B}, {L}) bool, got {tuple(eligible.shape)} {eligible.dtype}")
     if sum(a is not None for a in (k, tau, factor)) != 1:
         raise ValueError("give exactly one of k (schedule), tau (threshold) or factor")
-    if k is not None and (k.shape != (B,) or k.dtype != torch.long or (k < 0).any()):
+    if k is not None and (k.shape != (B,) or k.dtype != torch.long or (not _compiling() and (k < 0).any())):
         raise ValueError(f"k must be ({B},) int64 and >= 0")
     if tau is not None and math.isnan(tau):
         raise ValueError("tau must be a number")
@@ -258,6 +275,8 @@ def _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix
     if q.dim() != 4 or q.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"q must be (B, H, b, D) floating point, got {tuple(q.shape)} {q.dtype}")
     B, H, b, D = q.shape
+    if b == 0:
+        raise ValueError("the block must hold at least one position (q of shape (B, H, 0, D))")
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"the block's k and v must have q's shape {tuple(q.shape)}")
     for name, ks, vs in (("prefix", k_prefix, v_prefix), ("suffix", k_suffix, v_suffix)):
@@ -272,15 +291,34 @@ def _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix
         Lc = k_prefix.shape[2]
         if prefix_len is None or prefix_len.shape != (B,) or prefix_len.dtype != torch.long:
             raise ValueError(f"prefix_len must be ({B},) int64 when a prefix is given")
-        if len(prefix_len) and (prefix_len.min() < 0 or prefix_len.max() > Lc):
+        if len(prefix_len) and not _compiling() and (prefix_len.min() < 0 or prefix_len.max() > Lc):
             raise ValueError(f"prefix_len must lie in [0, {Lc}]")
 
 
 def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_suffix=None, v_suffix=None):
-    """Check the arguments (ValueError), then run block_attention_reference (the spec; no
-    compiled kernel yet)."""
+    """Check the arguments (ValueError), then run the compiled op or block_attention_reference
+    (the spec)."""
     _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
-    return block_attention_reference(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
+    if not use_ext("block_attention", q.device) or not (_kernel_takes(q) or _backend == "ext"):
+        return block_attention_reference(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
+    d1 = lambda t: t if t is None or t.stride(-1) == 1 else t.contiguous()  # noqa: E731  kernels read rows of D
+    return torch.ops.mini_dlm.block_attention(d1(q), d1(k), d1(v), d1(k_prefix), d1(v_prefix),
+                                              None if k_prefix is None else prefix_len, d1(k_suffix), d1(v_suffix))
+
+
+CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims csrc/attention_cuda.cu is compiled for
+
+
+def _kernel_takes(q):
+    """The CPU kernel takes every dtype and head dim; the CUDA one float32/bfloat16/float16 and
+    CUDA_HEAD_DIMS. Other cases go to the reference (backend auto) or fail in the op (ext)."""
+    return q.device.type != "cuda" or (q.dtype != torch.float64 and q.shape[-1] in CUDA_HEAD_DIMS)
+
+
+if HAS_EXT:
+    @torch.library.register_fake("mini_dlm::block_attention")
+    def _block_attention_fake(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 def block_attention_reference(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_suffix=None, v_suffix=None):

@@ -65,8 +65,8 @@ def test_public_unmask_dispatches_and_the_switch_forces_the_reference():
         ops.set_backend("torch")
         assert not ops.use_ext("unmask", cpu)
         ops.set_backend("ext")
-        with pytest.raises(ValueError, match="no block_attention kernel"):
-            ops.use_ext("block_attention", cpu)
+        with pytest.raises(ValueError, match="no block_attention kernel for mps"):
+            ops.use_ext("block_attention", torch.device("mps"))
     finally:
         ops.set_backend("auto")
     with pytest.raises(ValueError, match="backend"):
@@ -129,6 +129,100 @@ def test_torch_compile_fullgraph_traces_the_op():
     n1 = torch.compile(step, fullgraph=True)(logits, t1, e1)
     n2 = step(logits, t2, e2)
     assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2) and n1.sum() > 0
+
+
+# ---- block_attention ------------------------------------------------------------------------
+
+def attention_case(seed, B, H, b, D, Lc, Ls, dtype, device="cpu"):
+    """Random q/k/v and caches laid out like mini_dlm/kvcache.py makes them: the prefix a view
+    into a larger buffer with NaN in every unused slot, the suffix a strided slice."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g).to(dtype).to(device)  # noqa: E731
+    q, k, v = rnd(B, H, b, D), rnd(B, H, b, D), rnd(B, H, b, D)
+    kp = vp = plen = ks = vs = None
+    if Lc is not None:
+        kp, vp = rnd(B, H, Lc + 3, D)[:, :, :Lc], rnd(B, H, Lc + 3, D)[:, :, :Lc]
+        plen = torch.randint(0, Lc + 1, (B,), generator=g)
+        plen[0], plen[-1] = 0, Lc  # an empty and a full prefix
+        for r in range(B):
+            kp[r, :, plen[r]:], vp[r, :, plen[r]:] = float("nan"), float("inf")
+        plen = plen.to(device)
+    if Ls is not None:
+        whole = rnd(2, B, H, Ls + 1, D)
+        ks, vs = whole[0, :, :, 1:], whole[1, :, :, 1:]  # slices of one tensor, like kv_out[:, :, hi:]
+    return q, k, v, kp, vp, plen, ks, vs
+
+
+ATTENTION_SHAPES = [  # B, H, b, D, Lc, Ls
+    (1, 1, 1, 8, None, None), (2, 3, 1, 16, 5, None), (3, 2, 7, 24, 0, 3), (2, 2, 32, 32, 100, None),
+    (1, 4, 33, 64, 70, 65), (2, 1, 40, 128, 129, 0), (4, 2, 5, 40, None, 9), (2, 2, 64, 64, 1, 1)]
+TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 1e-3}
+
+
+@pytest.mark.parametrize("B, H, b, D, Lc, Ls", ATTENTION_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_block_attention_fuzz_matches_reference(B, H, b, D, Lc, Ls, dtype):
+    """Values agree to the rounding of the dtype: fp32 sums in another order, then one rounding
+    to bf16/fp16 that may land one ulp apart."""
+    for trial in range(3):
+        args = attention_case(trial, B, H, b, D, Lc, Ls, dtype)
+        want = ops.block_attention_reference(*args)
+        got = torch.ops.mini_dlm.block_attention(*args)
+        assert got.dtype == dtype and got.shape == (B, H, b, D) and got.is_contiguous()
+        torch.testing.assert_close(got.double(), want.double(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_block_attention_opcheck():
+    for case_args in ((2, 2, 5, 16, 7, 3), (1, 3, 4, 8, None, None), (2, 1, 3, 32, 6, None)):
+        args = attention_case(0, *case_args, torch.float32)
+        args = tuple(None if t is None else t.contiguous() for t in args)  # opcheck compares strides too
+        torch.library.opcheck(torch.ops.mini_dlm.block_attention.default, args)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: a.update(q=a["q"][0]), "q must be"),
+    (lambda a: a.update(q=a["q"][:, :, :0], k=a["k"][:, :, :0], v=a["v"][:, :, :0]), "at least one position"),
+    (lambda a: a.update(k=a["k"].double()), "dtype"),
+    (lambda a: a.update(v=a["v"][:, :1]), "v must be"),
+    (lambda a: a.update(k_prefix=a["k_prefix"].transpose(2, 3).contiguous().transpose(2, 3)), "contiguous in D"),
+    (lambda a: a.update(prefix_len=None), "together"),
+    (lambda a: a.update(prefix_len=a["prefix_len"].int()), "prefix_len must be"),
+    (lambda a: a.update(prefix_len=a["prefix_len"] + 100), "outside"),
+    (lambda a: a.update(v_suffix=None), "together"),
+    (lambda a: a.update(k_suffix=a["k_suffix"][:, :, :1]), "v_suffix|k_suffix"),
+])
+def test_block_attention_bad_inputs_raise_runtime_error(change, match):
+    names = ("q", "k", "v", "k_prefix", "v_prefix", "prefix_len", "k_suffix", "v_suffix")
+    a = dict(zip(names, attention_case(3, 2, 2, 4, 8, 6, 3, torch.float32)))
+    change(a)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.mini_dlm.block_attention(*a.values())
+
+
+def test_torch_compile_fullgraph_traces_a_cached_sampler_step():
+    """One dual-cache denoising step (forward over the block through block_attention, then
+    unmask) traced whole by torch.compile, thanks to register_fake for both ops."""
+    from conftest import tiny_model
+    from mini_dlm.kvcache import KVCache
+
+    model = tiny_model(seq_len=24)
+    x = torch.randint(0, 63, (2, 24))
+    x[:, 8:16] = 63  # the block: 8 masked positions
+    pad, pos = torch.tensor([0, 3]), torch.arange(24).expand(2, 24)
+    kv_out = []
+    model(x, pos=pos, kv_out=kv_out)
+    cache = KVCache.from_forward(kv_out, pad, 8, suffix_from=16)
+
+    def step(x, tokens, eligible):
+        logits = model(x[:, 8:16], pos=pos[:, 8:16], cache=cache)
+        return ops.unmask(logits, tokens, eligible, tau=0.2, banned=[63])
+
+    with torch.no_grad():
+        t1, e1 = x[:, 8:16].clone(), torch.ones(2, 8, dtype=torch.bool)
+        t2, e2 = t1.clone(), e1.clone()
+        n1 = torch.compile(step, fullgraph=True)(x, t1, e1)
+        n2 = step(x, t2, e2)
+    assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2) and (n1 > 0).all()
 
 
 CUDA = torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))
