@@ -2,28 +2,39 @@
 Kernel benchmark, llm.c style: validate every compiled op against its PyTorch reference, then
 time both and print a fixed table.
 
-    python bench_kernels.py                 # the CPU unmask kernel (the only one built so far)
-    python bench_kernels.py --device cuda   # when CUDA kernels exist
+    python bench_kernels.py                 # the CPU kernels
+    python bench_kernels.py --device cuda   # the CUDA kernels (CUDA events for timing)
 
-Bytes moved by unmask: it must read every eligible row of logits once, so
-bytes = rows_read * V * bytes_per_logit, and GB/s = bytes / time. The %-of-peak column
-needs a measured copy bandwidth: the script measures one (a large tensor copy, read + write)
-on the same device and reports GB/s as a fraction of it.
+Bytes each op must move, and GB/s = bytes / time:
+  unmask           every eligible row of logits, once: rows_read * V * bytes_per_logit.
+  block_attention  q, the block's k and v, each row's valid prefix k/v, the suffix k/v, and the
+                   output: B H D bytes_per_elem (2 b + 2 (prefix_len + b + Ls)).
+The %-of-peak column needs a measured copy bandwidth: the script measures one (a large tensor
+copy, read + write) on the same device and reports GB/s as a fraction of it. Attention is also
+timed against what one would write without the op: torch.cat of the cache + SDPA.
 """
 
 import time
 
 import torch
+import torch.nn.functional as F
 
 from mini_dlm import ops
 from mini_dlm.cli import Parser, positive_int, resolve_device, run
 
-SHAPES = [  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
-    (16, 256, 4096, torch.float32, "all"),
-    (16, 256, 4096, torch.float32, 32),
-    (4, 256, 2048, torch.float32, "all"),
-    (16, 256, 4096, torch.bfloat16, "all"),
-]
+F32, BF16 = torch.float32, torch.bfloat16
+UNMASK_SHAPES = {  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
+    "cpu": [(16, 256, 4096, F32, "all"), (16, 256, 4096, F32, 32), (4, 256, 2048, F32, "all"),
+            (16, 256, 4096, BF16, "all")],
+    "cuda": [(64, 256, 32768, BF16, "all"), (64, 256, 32768, BF16, 32), (16, 256, 32768, F32, "all"),
+             (1, 256, 32768, BF16, 32)],
+}
+ATTENTION_SHAPES = {  # (B, H, b, D, Lc, Ls, dtype): every prefix slot valid
+    "cpu": [(1, 4, 32, 32, 288, 0, F32), (1, 4, 32, 32, 64, 192, F32), (1, 6, 32, 64, 512, 0, F32),
+            (8, 12, 32, 64, 1024, 0, F32), (8, 12, 32, 64, 1024, 0, BF16), (8, 12, 32, 128, 1024, 0, F32)],
+    "cuda": [(64, 12, 32, 64, 1024, 0, BF16), (64, 12, 32, 128, 1024, 0, BF16), (64, 12, 32, 64, 512, 480, BF16),
+             (1, 12, 32, 64, 1024, 0, BF16), (4, 6, 32, 64, 4096, 0, BF16), (64, 12, 32, 64, 1024, 0, F32)],
+}
 
 
 def get_parser():
@@ -34,15 +45,21 @@ def get_parser():
 
 
 def timed(fn, device, repeats):
+    """Seconds per call of fn, after 2 warm-up calls: CUDA events on a GPU, a wall clock on a CPU."""
     for _ in range(2):
         fn()
     if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / repeats
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / repeats
 
 
@@ -66,19 +83,11 @@ def unmask_case(B, L, V, dtype, eligible_rows, device):
     return logits, tokens.to(device), eligible.to(device)
 
 
-def main(argv=None):
-    args = get_parser().parse_args(argv)
-    device = resolve_device(args.device)
-    if not ops.has_kernel("unmask", device):
-        raise ValueError(f"mini_dlm._C has no unmask kernel for {device.type} (pip install --no-build-isolation -e .)")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    peak = copy_bandwidth(device, args.repeats)
-    print(f"device: {device} ({name}), torch {torch.__version__}, measured copy bandwidth {peak:.1f} GB/s")
-
-    print(f"\nunmask, threshold 0.9, low_confidence, temperature 0")
-    print(f"{'B':>3} {'L':>4} {'V':>6} {'dtype':>9} {'rows':>5} {'ref us':>10} {'ext us':>10} {'GB/s':>7} "
+def bench_unmask(device, peak, repeats):
+    print("\nunmask, threshold 0.9, low_confidence, temperature 0")
+    print(f"{'B':>3} {'L':>4} {'V':>6} {'dtype':>9} {'rows':>5} {'ref us':>10} {'ext us':>10} {'GB/s':>8} "
           f"{'% copy':>7} {'speedup':>8}")
-    for B, L, V, dtype, rows in SHAPES:
+    for B, L, V, dtype, rows in UNMASK_SHAPES[device.type]:
         logits, tokens, eligible = unmask_case(B, L, V, dtype, rows, device)
         call = dict(tau=0.9, banned=[V - 1])
         # validate first: the same tokens, eligibility and counts as the reference
@@ -90,14 +99,65 @@ def main(argv=None):
         if not (torch.equal(t_ref, t_ext) and torch.equal(e_ref, e_ext) and torch.equal(n_ref, n_ext)):
             raise RuntimeError(f"unmask kernel disagrees with the reference at {(B, L, V, dtype, rows)}")
         us_ref = 1e6 * timed(lambda: ops.unmask_reference(logits, tokens.clone(), eligible.clone(), **call),
-                             device, args.repeats)
+                             device, repeats)
         ops.set_backend("ext")
-        us_ext = 1e6 * timed(lambda: ops.unmask(logits, tokens.clone(), eligible.clone(), **call), device, args.repeats)
+        us_ext = 1e6 * timed(lambda: ops.unmask(logits, tokens.clone(), eligible.clone(), **call), device, repeats)
         ops.set_backend("auto")
         n_rows = int(eligible.sum())
         gbs = n_rows * V * logits.element_size() / (us_ext * 1e-6) / 1e9
         print(f"{B:>3} {L:>4} {V:>6} {str(dtype).split('.')[-1]:>9} {n_rows:>5} {us_ref:>10.0f} {us_ext:>10.0f} "
-              f"{gbs:>7.2f} {100 * gbs / peak:>6.1f}% {us_ref / us_ext:>7.2f}x")
+              f"{gbs:>8.2f} {100 * gbs / peak:>6.1f}% {us_ref / us_ext:>7.2f}x")
+
+
+def attention_case(B, H, b, D, Lc, Ls, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda n: torch.randn(B, H, n, D, generator=g).to(dtype).to(device)  # noqa: E731
+    q, k, v, kp, vp = rnd(b), rnd(b), rnd(b), rnd(Lc), rnd(Lc)
+    ks, vs = (rnd(Ls), rnd(Ls)) if Ls else (None, None)
+    return q, k, v, kp, vp, torch.full((B,), Lc, device=device), ks, vs
+
+
+def cat_sdpa(q, k, v, kp, vp, plen, ks, vs):
+    """What one writes without the op (every prefix slot valid): copy the cache, then attend."""
+    K = torch.cat([t for t in (kp, k, ks) if t is not None], dim=2)
+    V = torch.cat([t for t in (vp, v, vs) if t is not None], dim=2)
+    return F.scaled_dot_product_attention(q, K, V)
+
+
+def bench_attention(device, peak, repeats):
+    print("\nblock_attention, every prefix slot valid (cat+SDPA: torch.cat of the cache, then SDPA)")
+    print(f"{'B':>3} {'H':>3} {'b':>3} {'D':>4} {'Lc':>5} {'Ls':>4} {'dtype':>9} {'ref us':>9} {'cat+SDPA':>9} "
+          f"{'ext us':>9} {'GB/s':>8} {'% copy':>7} {'vs ref':>7} {'vs cat':>7}")
+    for B, H, b, D, Lc, Ls, dtype in ATTENTION_SHAPES[device.type]:
+        args = attention_case(B, H, b, D, Lc, Ls, dtype, device)
+        # validate first: the reference's values to the dtype's rounding (fp32 sums in another order)
+        want, got = ops.block_attention_reference(*args).float(), torch.ops.mini_dlm.block_attention(*args).float()
+        tol = 2e-6 if dtype == torch.float32 else 2e-2
+        if not torch.allclose(got, want, rtol=tol, atol=tol):
+            raise RuntimeError(f"block_attention kernel disagrees with the reference at {(B, H, b, D, Lc, Ls, dtype)}: "
+                               f"max error {(got - want).abs().max().item():.3g}")
+        us_ref = 1e6 * timed(lambda: ops.block_attention_reference(*args), device, repeats)
+        us_cat = 1e6 * timed(lambda: cat_sdpa(*args), device, repeats)
+        us_ext = 1e6 * timed(lambda: torch.ops.mini_dlm.block_attention(*args), device, repeats)
+        gbs = B * H * D * args[0].element_size() * (2 * b + 2 * (Lc + b + Ls)) / (us_ext * 1e-6) / 1e9
+        print(f"{B:>3} {H:>3} {b:>3} {D:>4} {Lc:>5} {Ls:>4} {str(dtype).split('.')[-1]:>9} {us_ref:>9.0f} "
+              f"{us_cat:>9.0f} {us_ext:>9.0f} {gbs:>8.2f} {100 * gbs / peak:>6.1f}% {us_ref / us_ext:>6.2f}x "
+              f"{us_cat / us_ext:>6.2f}x")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    missing = [op for op in ("unmask", "block_attention") if not ops.has_kernel(op, device)]
+    if missing:
+        raise ValueError(f"mini_dlm._C has no {' / '.join(missing)} kernel for {device.type} "
+                         "(pip install --no-build-isolation -e .)")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    peak = copy_bandwidth(device, args.repeats)
+    print(f"device: {device} ({name}), torch {torch.__version__}, measured copy bandwidth {peak:.1f} GB/s")
+    with torch.no_grad():
+        bench_unmask(device, peak, args.repeats)
+        bench_attention(device, peak, args.repeats)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@ Installs the mini_dlm package and builds its compiled extension mini_dlm._C:
 
 --no-build-isolation builds against the torch already installed (the CPU wheel on a laptop,
 your CUDA build on a GPU box) instead of downloading another one. The C++ CPU kernels in
-csrc/*.cpp are always built (torch.utils.cpp_extension + ninja). The CUDA kernels
-(csrc/*.cu and their glue csrc/*_cuda.cpp) are an untested draft: they are built only with
-MINI_DLM_CUDA=1, and only when torch sees CUDA and CUDA_HOME is set; USE_CUDA=0 always
-forces a CPU-only build. If the extension is missing, mini_dlm/ops.py falls back to its
-PyTorch reference.
+csrc/*.cpp are always built (torch.utils.cpp_extension + ninja). The CUDA kernels (csrc/*.cu
+and their glue csrc/*_cuda.cpp) are built too when torch sees a GPU and CUDA_HOME is set;
+USE_CUDA=0 forces a CPU-only build. If the extension is missing, mini_dlm/ops.py falls back to
+its PyTorch reference.
 """
 
 import glob
@@ -32,8 +31,7 @@ def extension():
     # -march=native (as llm.c builds): the extension is compiled on the machine that runs it, and
     # the attention kernel's SIMD vectors become AVX2/AVX-512 instead of baseline SSE2.
     cxx = ["-O3", "-std=c++17"] + (["-march=native"] if linux else []) + omp
-    cuda = (os.environ.get("USE_CUDA", "1") != "0" and os.environ.get("MINI_DLM_CUDA") == "1"
-            and torch.cuda.is_available() and CUDA_HOME is not None)
+    cuda = os.environ.get("USE_CUDA", "1") != "0" and torch.cuda.is_available() and CUDA_HOME is not None
     if cuda:
         sources = cpp + sorted(glob.glob(os.path.join("csrc", "*_cuda.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
         return CUDAExtension("mini_dlm._C", sources, include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=omp,

@@ -226,9 +226,10 @@ def test_torch_compile_fullgraph_traces_a_cached_sampler_step():
 
 
 CUDA = torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))
+NO_CUDA = "no GPU, or mini_dlm._C built without CUDA (USE_CUDA=0 or no CUDA_HOME at install)"
 
 
-@pytest.mark.skipif(not CUDA, reason="no GPU, or mini_dlm._C built without CUDA (MINI_DLM_CUDA=1)")
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
 @pytest.mark.parametrize("B, L, V", SHAPES + [(8, 256, 32768)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_unmask_cuda_matches_reference(B, L, V, dtype):
@@ -247,9 +248,33 @@ def test_unmask_cuda_matches_reference(B, L, V, dtype):
         assert torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu()), (kind, mode)
 
 
-@pytest.mark.skipif(not CUDA, reason="no GPU, or mini_dlm._C built without CUDA (MINI_DLM_CUDA=1)")
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
 def test_unmask_cuda_opcheck():
     logits, tokens, eligible, _ = case(1, 2, 9, 17, torch.float32, 0.6)
     torch.library.opcheck(torch.ops.mini_dlm.unmask.default,
                           (logits.cuda(), tokens.cuda(), eligible.cuda(), [16], None, 0.5, 0.0, "threshold",
                            "margin", None, 0.7, 5))
+
+
+CUDA_ATTENTION = torch.cuda.is_available() and ops.has_kernel("block_attention", torch.device("cuda"))
+
+
+@pytest.mark.skipif(not CUDA_ATTENTION, reason=NO_CUDA)
+@pytest.mark.parametrize("B, H, b, D, Lc, Ls", [s for s in ATTENTION_SHAPES if s[3] in ops.CUDA_HEAD_DIMS]
+                         + [(64, 12, 32, 64, 1024, None), (1, 2, 32, 128, 3000, 17), (2, 1, 100, 64, 0, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_block_attention_cuda_matches_reference(B, H, b, D, Lc, Ls, dtype):
+    """Includes a long prefix with B * H = 2 (split-KV) and a block longer than one query tile.
+    The CUDA inputs are built on the GPU: strided views with NaN in unused slots, as on the CPU."""
+    for trial in range(2):
+        want = ops.block_attention_reference(*attention_case(trial, B, H, b, D, Lc, Ls, dtype))
+        got = torch.ops.mini_dlm.block_attention(*attention_case(trial, B, H, b, D, Lc, Ls, dtype, device="cuda"))
+        assert got.dtype == dtype and got.shape == (B, H, b, D) and got.is_contiguous()
+        torch.testing.assert_close(got.cpu().double(), want.double(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.skipif(not CUDA_ATTENTION, reason=NO_CUDA)
+def test_block_attention_cuda_opcheck():
+    args = attention_case(0, 2, 2, 5, 64, 7, 3, torch.bfloat16, device="cuda")
+    torch.library.opcheck(torch.ops.mini_dlm.block_attention.default,
+                          tuple(None if t is None else t.contiguous() for t in args))
