@@ -50,8 +50,8 @@ def get_parser():
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops: the compiled csrc/ "
-                   "kernels where built (auto, ext) or the PyTorch reference (torch)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops (unmask, "
+                   "block_attention): the compiled csrc/ kernels where built (auto, ext) or the PyTorch reference (torch)")
     p.add_argument("--show-steps", action="store_true", help="print the first sample's canvas after every step, "
                    "with the tokens committed in that step (in colour on a terminal)")
     return p
@@ -81,7 +81,9 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
     set_backend(args.backend)
-    unmask_backend = "ext" if use_ext("unmask", device) else "torch"  # ValueError if ext is asked for but missing
+    # which implementation runs each op (ValueError if ext is asked for but missing)
+    ops_used = {key: "ext" if use_ext(op, device) else "torch"
+                for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
     cfg = model.config
     ar = cfg.objective == "ar"
@@ -91,7 +93,7 @@ def main(argv=None):
     args.block_len = args.block_len or cfg.block_size or 32
     prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
     print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
-                            "block_size": cfg.block_size, "trained_steps": ckpt["step"], "unmask_op": unmask_backend,
+                            "block_size": cfg.block_size, "trained_steps": ckpt["step"], **ops_used,
                             "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
 
     M, P = cfg.mask_id, max(len(p) for p in prompts)

@@ -2,8 +2,9 @@
 // stream, and the CUDA registration. Built only in CUDA builds (setup.py); the kernels
 // themselves stay torch-free.
 //
-// STATUS: untested draft, like unmask_cuda.cu. setup.py builds it only with MINI_DLM_CUDA=1
-// until it has passed tests/test_ext.py and compute-sanitizer on a GPU.
+// STATUS: untested draft, like unmask_cuda.cu: syntax-checked with g++ against torch's headers
+// only. setup.py builds it whenever torch sees a GPU; it must pass tests/test_ext.py and
+// compute-sanitizer on a GPU before anyone relies on it.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -3,9 +3,9 @@
 // the CPU build (.ci/run does that). The torch glue (checks, allocation, the current stream,
 // TORCH_LIBRARY_IMPL(mini_dlm, CUDA, m)) belongs in a file built only in CUDA builds.
 //
-// STATUS: compiled by CI with nvcc for sm_90, but never run: no GPU has been available, and
-// setup.py does not build it yet. It must be validated against mini_dlm/ops.py:
-// unmask_reference (tests/test_ext.py) on a GPU before it is wired in.
+// STATUS: compiled by CI with nvcc for sm_90, but never run: no GPU has been available. setup.py
+// builds it whenever torch sees a GPU; it must be validated against mini_dlm/ops.py:
+// unmask_reference (tests/test_ext.py, compute-sanitizer) on a GPU before anyone relies on it.
 //
 //   nvcc -arch=sm_90 -std=c++17 -O3 -Icsrc -c csrc/unmask_cuda.cu
 //
