@@ -40,15 +40,19 @@ __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
+// s is a double: with the confidence 1 / s of a near-certain row, a float s rounds to exactly 1
+// once the runner-ups sum below 6e-8, where the float64 reference still sees c < 1 (and tau = 1
+// would commit several positions). The exps stay fp32.
 struct State {
-  float m, s, t, second;
+  float m, t, second;
+  double s;
   int64_t argmax;
   double noisy;
   int64_t x0;
 };
 
 __device__ __forceinline__ void init_state(State& a) {
-  a.m = -CUDART_INF_F, a.s = 0.f, a.t = 0.f, a.second = -CUDART_INF_F, a.argmax = -1;
+  a.m = -CUDART_INF_F, a.s = 0.0, a.t = 0.f, a.second = -CUDART_INF_F, a.argmax = -1;
   a.noisy = -CUDART_INF, a.x0 = -1;
 }
 
@@ -57,16 +61,16 @@ __device__ __forceinline__ void push(State& a, float l, int64_t v, double temper
   if (l == -CUDART_INF_F) return;
   if (l > a.m) {
     if (a.m == -CUDART_INF_F) {
-      a.s = 1.f, a.t = 0.f;
+      a.s = 1.0, a.t = 0.f;
     } else {
       const float e = expf(a.m - l);
-      a.t = e * (a.t + (a.m - l) * a.s);
-      a.s = e * a.s + 1.f;
+      a.t = e * (a.t + (a.m - l) * (float)a.s);
+      a.s = (double)e * a.s + 1.0;
     }
     a.second = a.m, a.m = l, a.argmax = v;
   } else {
     const float e = expf(l - a.m);
-    a.s += e, a.t += e * (l - a.m);
+    a.s += (double)e, a.t += e * (l - a.m);
     if (l > a.second) a.second = l;
   }
   if (temperature > 0) {
@@ -83,10 +87,10 @@ __device__ __forceinline__ void merge_state(State& a, const State& b) {
     } else {
       const float m = fmaxf(a.m, b.m);
       const float ea = expf(a.m - m), eb = expf(b.m - m);
-      const float t = ea * (a.t + (a.m - m) * a.s) + eb * (b.t + (b.m - m) * b.s);
+      const float t = ea * (a.t + (a.m - m) * (float)a.s) + eb * (b.t + (b.m - m) * (float)b.s);
       const float second = fmaxf(fmaxf(a.second, b.second), fminf(a.m, b.m));
       const int64_t arg = a.m > b.m ? a.argmax : b.m > a.m ? b.argmax : min(a.argmax, b.argmax);
-      a.s = ea * a.s + eb * b.s, a.t = t, a.m = m, a.second = second, a.argmax = arg;
+      a.s = (double)ea * a.s + (double)eb * b.s, a.t = t, a.m = m, a.second = second, a.argmax = arg;
     }
   }
   if (b.x0 >= 0 && (a.x0 < 0 || b.noisy > a.noisy || (b.noisy == a.noisy && b.x0 < a.x0)))
@@ -146,9 +150,9 @@ __global__ void unmask_scan(const T* __restrict__ logits, int64_t B, int64_t L, 
   }
   const int64_t g = temperature > 0 ? st.x0 : st.argmax;
   x0[r] = g;
-  if (kind == LOW_CONFIDENCE) conf[r] = (double)(expf(to_float(row[g]) - st.m) / st.s);
-  else if (kind == MARGIN) conf[r] = (double)((1.f - expf(st.second - st.m)) / st.s);
-  else if (kind == ENTROPY) conf[r] = (double)(st.t / st.s - logf(st.s));
+  if (kind == LOW_CONFIDENCE) conf[r] = (double)expf(to_float(row[g]) - st.m) / st.s;
+  else if (kind == MARGIN) conf[r] = (double)(1.f - expf(st.second - st.m)) / st.s;
+  else if (kind == ENTROPY) conf[r] = (double)st.t / st.s - log(st.s);
 }
 
 __global__ void unmask_select(int64_t B, int64_t L, int64_t* __restrict__ tokens, int64_t tok_sb, int64_t tok_si,

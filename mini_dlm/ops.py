@@ -159,7 +159,8 @@ def factor_count(c_sorted, n_eligible, factor):
     position fails, it commits that one too.) c_sorted (B, L), n_eligible (B,) -> (B,) int64."""
     j = torch.arange(1, c_sorted.shape[1] + 1, device=c_sorted.device, dtype=torch.float64)  # 1-based
     ok = (c_sorted >= 1 - factor / (j + 1)) & (j <= n_eligible[:, None])  # (B, L)
-    ok[:, 0] = n_eligible > 0  # c(1) always goes
+    if ok.shape[1]:  # (L = 0: nothing to commit)
+        ok[:, 0] = n_eligible > 0  # c(1) always goes
     return ok.long().cumprod(dim=1).sum(dim=1)
 
 

@@ -3,6 +3,8 @@
 Skipped as a whole when mini_dlm._C is not built. The fuzz asks for exact agreement on the
 selected positions, the tokens written and the counts (random inputs have no near-ties)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -39,13 +41,12 @@ SHAPES = [(1, 1, 2), (2, 1, 13), (3, 7, 13), (2, 33, 257), (4, 16, 1001), (1, 64
 @pytest.mark.parametrize("B, L, V", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_unmask_fuzz_matches_reference(B, L, V, dtype):
-    for trial in range(12):
-        kind = ops.KINDS[trial % 4]
-        p = [1.0, 0.0, 0.5][trial % 3]  # all, none or some eligible
+    # every kind x rule x eligibility x temperature (not a diagonal through them)
+    for trial, (kind, rule, p, temperature) in enumerate(itertools.product(
+            ops.KINDS, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):  # p: all, none or some eligible
         logits, tokens, eligible, scores = case(trial, B, L, V, dtype, p)
         mode = [{"k": torch.randint(0, L + 2, (B,))}, {"tau": [0.2, 0.9, 1.0, -2.0][trial % 4]},
-                {"factor": 1.0 + trial % 3}][trial % 3]
-        temperature = [0.0, 0.8][trial % 2]
+                {"factor": 1.0 + trial % 3}][rule]
         t1, e1 = tokens.clone(), eligible.clone()
         n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, seed=trial,
                                   banned=[V - 1], **mode)
@@ -55,6 +56,38 @@ def test_unmask_fuzz_matches_reference(B, L, V, dtype):
         n2 = ext_unmask(logits, t2, e2, [V - 1], kind=kind, scores=scores, temperature=temperature, seed=trial, **mode)
         assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2), (kind, mode, temperature)
         assert (canvas[:, :2] == 0).all() and (canvas[:, L + 2:] == 0).all()  # wrote only inside the view
+
+
+@pytest.mark.parametrize("mode", [{"factor": 1.0}, {"tau": 0.5}, {"k": torch.tensor([1, 1])}])
+def test_unmask_empty_canvas_commits_nothing_on_both_backends(mode):
+    """L = 0: every rule commits nothing, in the reference and the kernel alike."""
+    for fn in (ops.unmask_reference, ext_unmask_public):
+        n = fn(torch.randn(2, 0, 5), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool),
+               banned=[4], **mode)
+        assert torch.equal(n, torch.zeros(2, dtype=torch.long))
+
+
+def ext_unmask_public(*args, **kwargs):
+    ops.set_backend("ext")
+    try:
+        return ops.unmask(*args, **kwargs)
+    finally:
+        ops.set_backend("auto")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))), reason="no CUDA unmask"))])
+@pytest.mark.parametrize("kind", ["low_confidence", "margin"])
+def test_unmask_tau_one_on_near_certain_rows(device, kind):
+    """Every row leads by 20 nats: c = 1 - 39 e^-20 < 1 in float64, but exactly 1.0 in fp32.
+    tau = 1 must commit one position per row, as the float64 reference does (a kernel that
+    sums in fp32 commits all eight)."""
+    logits = torch.zeros(2, 8, 40)
+    logits[:, :, 3] = 20.0
+    tokens, eligible = torch.full((2, 8), 39), torch.ones(2, 8, dtype=torch.bool)
+    n_ref = ops.unmask_reference(logits, tokens.clone(), eligible.clone(), tau=1.0, kind=kind, banned=[39])
+    n_ext = ext_unmask(logits.to(device), tokens.to(device), eligible.to(device), [39], tau=1.0, kind=kind)
+    assert n_ref.tolist() == [1, 1] and n_ext.tolist() == [1, 1]
 
 
 def test_public_unmask_dispatches_and_the_switch_forces_the_reference():
@@ -233,11 +266,10 @@ NO_CUDA = "no GPU, or mini_dlm._C built without CUDA (USE_CUDA=0 or no CUDA_HOME
 @pytest.mark.parametrize("B, L, V", SHAPES + [(8, 256, 32768)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_unmask_cuda_matches_reference(B, L, V, dtype):
-    for trial in range(6):
-        kind = ops.KINDS[trial % 4]
-        logits, tokens, eligible, scores = case(trial, B, L, V, dtype, [1.0, 0.0, 0.5][trial % 3])
-        mode = [{"k": torch.randint(0, L + 2, (B,))}, {"tau": 0.3}, {"factor": 1.5}][trial % 3]
-        temperature = [0.0, 0.8][trial % 2]
+    for trial, (kind, rule, p, temperature) in enumerate(itertools.product(
+            ops.KINDS, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):
+        logits, tokens, eligible, scores = case(trial, B, L, V, dtype, p)
+        mode = [{"k": torch.randint(0, L + 2, (B,))}, {"tau": [0.3, 1.0][trial % 2]}, {"factor": 1.5}][rule]
         t1, e1 = tokens.clone(), eligible.clone()
         n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, seed=trial,
                                   banned=[V - 1], **mode)
