@@ -14,8 +14,8 @@
 //
 // Kernel 1, unmask_scan: one warp per (b, i) row; ineligible rows return at once.
 //   Each lane walks its share of the row (16-byte vector loads when the row is aligned) and
-//   keeps an online-softmax state in registers (fp32, accurate expf: values agree with the
-//   float64 reference to fp32 rounding): m (max), s = sum e^(l - m),
+//   keeps an online-softmax state in registers (accurate fp32 expf, the sum s in double: values
+//   agree with the float64 reference to fp32 rounding): m (max), s = sum e^(l - m),
 //   t = sum e^(l - m) (l - m), argmax (first index), runner-up, and with a temperature the
 //   first argmax of l + T * gumbel in float64 (the same noise as the reference).
 //   The 32 lane states merge by warp shuffles (merge_state). Lane 0 writes x0 and c.
