@@ -170,8 +170,8 @@ void attend_task(const Segment<scalar_t>* segs, int n_segs, const scalar_t* q, i
       for (int64_t r = 0; r < nq; ++r) {  // online softmax, row by row
         acc_t* Sr = S + r * Tk;
         const acc_t m_new = std::max(m[r], *std::max_element(Sr, Sr + nk));
-        const bool first = m[r] == -std::numeric_limits<acc_t>::infinity();
-        const acc_t alpha = first ? acc_t(0) : exp_nonpos(m[r] - m_new);  // rescales what came before
+        // rescales what came before (on the first tile O = l = 0, so alpha's value is moot)
+        const acc_t alpha = exp_nonpos(m[r] - m_new);
         acc_t sum = 0;
         for (int64_t j = 0; j < nk; ++j) {
           Sr[j] = exp_nonpos(Sr[j] - m_new);

@@ -164,6 +164,12 @@ def factor_count(c_sorted, n_eligible, factor):
     return ok.long().cumprod(dim=1).sum(dim=1)
 
 
+def _rows(t):
+    """t with a contiguous last dimension (a copy only if it has none); None stays None.
+    The compiled ops read whole rows of the last dimension."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
 def _compiling():
     """Under torch.compile the checks that read tensor values are skipped (they would break the
     graph); the compiled ops check those values themselves."""
@@ -202,7 +208,7 @@ def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low
         return unmask_reference(logits, tokens, eligible, k=k, tau=tau, factor=factor, kind=kind,
                                 scores=scores, temperature=temperature, seed=seed, banned=banned)
     rule = "schedule" if k is not None else "threshold" if tau is not None else "factor"
-    logits = logits if logits.stride(-1) == 1 else logits.contiguous()  # the kernel reads rows of V
+    logits = _rows(logits)  # the kernel reads rows of V
     scores = None if scores is None or kind != "random" else scores.double()
     return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [int(b) for b in banned], k,
                                      0.0 if tau is None else float(tau), 0.0 if factor is None else float(factor),
@@ -302,9 +308,9 @@ def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_su
     _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
     if not use_ext("block_attention", q.device) or not (_kernel_takes(q) or _backend == "ext"):
         return block_attention_reference(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
-    d1 = lambda t: t if t is None or t.stride(-1) == 1 else t.contiguous()  # noqa: E731  kernels read rows of D
-    return torch.ops.mini_dlm.block_attention(d1(q), d1(k), d1(v), d1(k_prefix), d1(v_prefix),
-                                              None if k_prefix is None else prefix_len, d1(k_suffix), d1(v_suffix))
+    return torch.ops.mini_dlm.block_attention(_rows(q), _rows(k), _rows(v), _rows(k_prefix), _rows(v_prefix),
+                                              None if k_prefix is None else prefix_len, _rows(k_suffix),
+                                              _rows(v_suffix))  # the kernels read rows of D
 
 
 CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims csrc/attention_cuda.cu is compiled for
