@@ -8,8 +8,9 @@ Sample from a checkpoint written by train_tiny.py.
 
 Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini_dlm/sampler.py:
 generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
-length and may use the exact --cache block. AR checkpoints decode left to right (generate_ar),
-ignoring --steps, --block-len, --remasking, --threshold, --factor and --cache.
+length and may use the exact --cache block. AR checkpoints decode left to right with their exact
+KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
+--remasking, --threshold, --factor and --cache.
 """
 
 import os
@@ -45,7 +46,8 @@ def get_parser():
     p.add_argument("--factor", type=positive_float, help="Fast-dLLM's factor rule instead of a fixed threshold "
                    "(default: off)")
     p.add_argument("--cache", choices=CACHES, default="none", help="KV cache: prefix / dual (Fast-dLLM, approximate) "
-                   "for full-attention checkpoints, block (exact) for block-diffusion ones")
+                   "for full-attention checkpoints, block (exact) for block-diffusion ones; AR checkpoints always use "
+                   "their exact one")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")

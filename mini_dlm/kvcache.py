@@ -9,6 +9,8 @@ denoising step does not recompute, per layer, handed to mini_dlm/ops.py: block_a
                       block. Approximate for full-attention models.
   block  (BD3-LM)     keys/values of the prompt and of each finished block, appended when the
                       block is done; exact for block-diffusion models (block-causal attention).
+  AR                  sampler.generate_ar: keys/values of the prompt, then of each new token,
+                      appended one at a time; exact (causal attention).
 
 Rows of a batch may have prompts of different lengths. The canvas is left-padded; the cache
 stores each row's real keys from slot 0 ("compacted") with a per-row valid length, which is

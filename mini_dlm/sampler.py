@@ -1,7 +1,7 @@
 """
 Sampling: LLaDA's reverse process (Nie et al. 2025) with Fast-dLLM's parallel decoding and KV
 caches (Wu et al. 2025) and BD3-LM's exact block cache (Arriola et al. 2025); plain left-to-right
-decoding for the AR baseline.
+decoding with an exact KV cache for the AR baseline.
 
 Canvas. x = [prompt, M * gen_len]. The generated part is cut into blocks of block_len, filled
 left to right (semi-autoregressive). Prompts of different lengths are left-padded: pad columns
@@ -31,6 +31,8 @@ Caches (mini_dlm/kvcache.py), per block:
                                                              (Fast-dLLM; approximate)
   block   block-diffusion models: the prompt is cached once, every step runs only the block,
           and a finished block is written to the cache by one more pass (BD3-LM; exact)
+  AR      generate_ar: a prefill over the prompt, then every step runs only the newest token
+          and appends its keys/values (causal attention; exact)
 """
 
 import torch
@@ -216,9 +218,15 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
 
 
 @torch.no_grad()
-def generate_ar(model, prompts, gen_len=128, temperature=0.0, generator=None, on_step=None):
+def generate_ar(model, prompts, gen_len=128, temperature=0.0, generator=None, on_step=None, kv_cache=True):
     """Left-to-right decoding for an objective="ar" model, one token per forward pass.
-    No KV cache yet: every step re-reads the whole prefix. Same return convention as generate()."""
+    kv_cache=True: the first pass (the prefill) runs over the prompt and caches every layer's
+    keys/values; each later pass feeds only the newest token (B, 1), which attends to the cache
+    and is then appended to it. A step computes O(1) new positions instead of the O(n) of the
+    whole prefix (its attention still reads the n cached keys). Exact: under causal attention
+    a token's keys/values never change. kv_cache=False recomputes the whole prefix at every
+    step: the specification the cache is tested against (tests/test_ar_cache.py).
+    Same return convention as generate()."""
     if gen_len <= 0:
         raise ValueError(f"gen-len must be positive, got {gen_len}")
     x, pad = make_canvas(prompts, gen_len, model)  # (B, L)
@@ -227,11 +235,20 @@ def generate_ar(model, prompts, gen_len=128, temperature=0.0, generator=None, on
     if P == 0 or (pad == P).any():
         raise ValueError("an AR model needs a non-empty prompt")
     mask, pos = canvas_attention(model, pad, L, P, 0), canvas_positions(pad, L)
+    kv = None
     for step in range(1, gen_len + 1):
         n = P + step - 1  # tokens so far
-        m = None if mask is None else mask[..., :n, :n]
-        logits = model(x[:, :n], m, pos[:, :n], only=slice(n - 1, n))[:, 0]  # (B, V): the last position
-        x[:, n] = sample_x0(logits, temperature, draw_seed(generator) if temperature > 0 else 0)
+        kv_out = [] if kv_cache and step < gen_len else None  # the last pass's keys/values would go unread
+        if kv is None:  # the whole prefix: every step without a cache, the prefill with one
+            m = None if mask is None else mask[..., :n, :n]
+            logits = model(x[:, :n], m, pos[:, :n], kv_out=kv_out, only=slice(n - 1, n))  # (B, 1, V)
+            if kv_out is not None:
+                kv = KVCache.from_forward(kv_out, pad, n, capacity=L)
+        else:  # only the newest token, attending to the cache
+            logits = model(x[:, n - 1:n], pos=pos[:, n - 1:n], cache=kv, kv_out=kv_out)  # (B, 1, V)
+            if kv_out is not None:
+                kv.append(kv_out)
+        x[:, n] = sample_x0(logits[:, 0], temperature, draw_seed(generator) if temperature > 0 else 0)
         if on_step is not None:
             on_step(step, 0, x, F.pad(torch.ones(B, 1, dtype=torch.bool, device=x.device), (n, L - n - 1)))
     ones = torch.ones(gen_len, B, dtype=torch.long, device=x.device)
