@@ -14,13 +14,12 @@ copy, read + write) on the same device and reports GB/s as a fraction of it. Att
 timed against what one would write without the op: torch.cat of the cache + SDPA.
 """
 
-import time
-
 import torch
 import torch.nn.functional as F
 
 from mini_dlm import ops
 from mini_dlm.cli import Parser, positive_int, resolve_device, run
+from mini_dlm.roofline import copy_bandwidth, device_name, timed
 
 F32, BF16 = torch.float32, torch.bfloat16
 UNMASK_SHAPES = {  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
@@ -42,33 +41,6 @@ def get_parser():
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to run")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per measurement (after 2 warm-up calls)")
     return p
-
-
-def timed(fn, device, repeats):
-    """Seconds per call of fn, after 2 warm-up calls: CUDA events on a GPU, a wall clock on a CPU."""
-    for _ in range(2):
-        fn()
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / repeats
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
-
-
-def copy_bandwidth(device, repeats):
-    """Measured copy bandwidth in GB/s (bytes read + written) of a 256 MiB fp32 tensor."""
-    x = torch.empty(64 * 2 ** 20, device=device)
-    y = torch.empty_like(x)
-    t = timed(lambda: y.copy_(x), device, repeats)
-    return 2 * x.numel() * x.element_size() / t / 1e9
 
 
 def unmask_case(B, L, V, dtype, eligible_rows, device):
@@ -152,8 +124,8 @@ def main(argv=None):
     if missing:
         raise ValueError(f"mini_dlm._C has no {' / '.join(missing)} kernel for {device.type} "
                          "(pip install --no-build-isolation -e .)")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    peak = copy_bandwidth(device, args.repeats)
+    name = device_name(device)
+    peak = copy_bandwidth(device, args.repeats) / 1e9  # GB/s
     print(f"device: {device} ({name}), torch {torch.__version__}, measured copy bandwidth {peak:.1f} GB/s")
     with torch.no_grad():
         bench_unmask(device, peak, args.repeats)

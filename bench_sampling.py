@@ -21,13 +21,13 @@ and decoding rule.
 """
 
 import math
-import time
 
 import torch
-import torch.nn.functional as F
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
+from mini_dlm.quality import distinct3, generative_nll
+from mini_dlm.roofline import device_name, timed_call
 from mini_dlm.sampler import generate
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
@@ -46,31 +46,6 @@ def get_parser():
     return p
 
 
-@torch.no_grad()
-def gen_nll(ar, prompt, gen):
-    """Mean NLL (nats/token) of the generated ids under the AR model, given the prompt."""
-    x = torch.tensor([prompt + gen], device=next(ar.parameters()).device)
-    logits = ar(x[:, :-1])[0, len(prompt) - 1:]  # predictions of the generated tokens
-    return F.cross_entropy(logits.float(), x[0, len(prompt):]).item()
-
-
-def distinct3(ids):
-    """Distinct token trigrams / all trigrams: 1.0 for text that never repeats itself, near 0 for
-    a loop. Generative perplexity alone rewards repetition, so the two are read together."""
-    grams = list(zip(ids, ids[1:], ids[2:]))
-    return len(set(grams)) / max(1, len(grams))
-
-
-def timed(device, fn):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
@@ -82,7 +57,7 @@ def main(argv=None):
     if block is not None and not block.config.block_size:
         raise ValueError(f"--block {args.block} is not a block-diffusion checkpoint")
     prompts = [tok.encode(p) for p in (args.prompt or PROMPTS)]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_name(device)
     print_config("config", {**vars(args), "device": f"{device} ({name})", "torch": torch.__version__})
 
     G, b, tau = args.gen_len, args.block_len, args.threshold
@@ -110,7 +85,7 @@ def main(argv=None):
         outs, seconds, passes = [], 0.0, 0
         for p in prompts:
             with amp:
-                (x, stats), dt = timed(device, lambda: generate(model, p, G, **kw))
+                (x, stats), dt = timed_call(lambda: generate(model, p, G, **kw), device)
             outs.append(x[0, len(p):].tolist())
             seconds, passes = seconds + dt, passes + stats["forward_passes"]
         results[label] = (outs, seconds, passes)
@@ -128,7 +103,7 @@ def main(argv=None):
           f"{'distinct3':>9} {'agree':>7}")
     for label, model, kw, ref in runs:
         outs, seconds, passes = results[label]
-        nll = sum(gen_nll(ar, p, o) for p, o in zip(prompts, outs)) / len(prompts)
+        nll = generative_nll(ar, prompts, outs)  # every row has G tokens: the mean of the rows' means
         agree = "-" if ref is None else \
             f"{sum(a == r for o, ro in zip(outs, results[ref][0]) for a, r in zip(o, ro)) / n_tok:.1%}"
         tps = n_tok / seconds

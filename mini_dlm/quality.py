@@ -1,0 +1,49 @@
+"""
+Quality figures for generated text (notes/04, notes/06).
+
+  useful length        tokens before a row's first end-of-text: what a user keeps; a fixed
+                       canvas filled past the end of the document is not output
+  generative NLL       mean negative log-likelihood of the generated tokens under an AR model,
+                       given the prompt; exp of it is the generative perplexity (MDLM's
+                       "gen PPL"). Lower reads more like the training text to that model, but
+                       it also rewards loops, so read it beside distinct3.
+  distinct3            distinct token trigrams / all trigrams: 1.0 for text that never repeats
+                       itself, near 0 for a loop.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def useful_lengths(gen, eot_id):
+    """gen (B, G) generated ids -> (B,) int64: the position of each row's first eot_id, or G."""
+    before = (gen == eot_id).cumsum(dim=1) == 0  # (B, G): no end-of-text up to here
+    return before.sum(dim=1)
+
+
+@torch.no_grad()
+def generative_nll(ar, prompts, gens, batch_size=64):
+    """Mean NLL (nats/token, over all generated tokens) of each gens[r] given prompts[r] (lists
+    of ids) under the causal model ar. Rows are right-padded, which a causal model never sees."""
+    device = next(ar.parameters()).device
+    total, count = 0.0, 0
+    pairs = [(p, g) for p, g in zip(prompts, gens) if g]  # rows with nothing generated score nothing
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        T = max(len(p) + len(g) for p, g in chunk)
+        x = torch.zeros(len(chunk), T, dtype=torch.long)
+        target = torch.full((len(chunk), T - 1), -100, dtype=torch.long)  # -100: not scored
+        for r, (p, g) in enumerate(chunk):
+            x[r, :len(p) + len(g)] = torch.tensor(p + g)
+            target[r, len(p) - 1:len(p) + len(g) - 1] = torch.tensor(g)
+        logits = ar(x[:, :-1].to(device))  # (b, T - 1, V): the prediction of each next token
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        total += F.cross_entropy(logits.flatten(0, 1), target.flatten().to(device), reduction="sum").item()
+        count += int((target != -100).sum())
+    return total / max(count, 1)
+
+
+def distinct3(ids):
+    """Distinct token trigrams / all trigrams of one row of ids."""
+    grams = list(zip(ids, ids[1:], ids[2:]))
+    return len(set(grams)) / max(1, len(grams))
