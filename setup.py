@@ -49,5 +49,5 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "tiktoken>=0.7", "regex"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "matplotlib"], "bench": ["matplotlib"]},  # bench.py plots; tests draw them
 )
