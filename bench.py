@@ -41,7 +41,7 @@ import torch
 
 from mini_dlm import ops
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, finite_float, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, finite_float, positive_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.quality import generative_nll, useful_lengths
 from mini_dlm.roofline import (copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak,
@@ -81,7 +81,7 @@ def get_parser():
                    f"{QUICK['gen_lens']}, prompt {QUICK['prompt_len']}, 1 repeat")
     # measurement
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point (median)")
-    p.add_argument("--max-seconds", type=float, default=30.0, help="a run slower than this ends that sweep")
+    p.add_argument("--max-seconds", type=positive_float, default=30.0, help="a run slower than this ends that sweep")
     p.add_argument("--compile", action="store_true", help="torch.compile each model's forward: fuses the many "
                    "small ops whose overhead dominates a pass at small batch (the untimed run pays the compiling)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
@@ -95,15 +95,15 @@ def get_parser():
     return p
 
 
-def load_models(args, device, dtype):
-    """{'ar': model, 'dlm': model, 'block': model or None}, tokenizer; ValueError unless they
-    match in size and tokenizer and fit prompt + generation."""
+def load_models(args, device):
+    """{'ar': model, 'dlm': model, 'block': model (unless --block-ckpt '')}, tokenizer, in
+    float32; ValueError unless they match in size and tokenizer and fit prompt + generation."""
     models, tok = {}, None
     for key, path in (("ar", args.ar_ckpt), ("dlm", args.dlm_ckpt), ("block", args.block_ckpt)):
-        if not path:
+        if key == "block" and not path:
             continue
         model, t, _ = load_checkpoint(path, device)
-        models[key] = model.to(dtype)
+        models[key] = model
         if tok is not None and t.fingerprint() != tok.fingerprint():
             raise ValueError(f"{path} has a different tokenizer from {args.ar_ckpt}")
         tok = t
@@ -216,7 +216,7 @@ def main(argv=None):
     if not args.block_ckpt and "threshold+block" in configs:
         configs.remove("threshold+block")
 
-    models, tok = load_models(args, device, dtype)
+    models, tok = load_models(args, device)
     prompts_all = make_prompts(tok, args.data, max(args.batch_sizes), args.prompt_len)
     peak = matmul_peak(device, dtype)
     bandwidth = copy_bandwidth(device)
@@ -228,7 +228,9 @@ def main(argv=None):
                             "ops": kinds})
     print(f"measured roofs: {peak / 1e9:.1f} GFLOP/s ({meta['dtype']} matmul), {bandwidth / 1e9:.1f} GB/s (copy), "
           f"ridge {peak / bandwidth:.1f} FLOP/byte")
-    validate(models, prompts_all, args)
+    validate(models, prompts_all, args)  # in float32: bf16 rounds the two attention paths differently
+    for m in models.values():
+        m.to(dtype)
     if args.compile:  # after validate(): AR without a cache would compile a graph per step
         torch._dynamo.config.recompile_limit = 64  # the dual cache's full passes change shape block by block
         for m in models.values():
