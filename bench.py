@@ -5,7 +5,7 @@ a roofline. The question of "How Efficient Are Diffusion Language Models?" (2025
 trained here.
 
     python bench.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
-    python bench.py --quick        # a small grid on the CPU, in under two minutes
+    python bench.py --quick        # a small grid: under a minute on a 2-core CPU
 
 Configurations, each with the compiled ops (ext) and the PyTorch reference ops (torch):
   ar               the AR checkpoint, one token per pass, KV cache      (sampler.generate_ar)
@@ -27,7 +27,7 @@ Method, per configuration and batch size B:
     that configuration.
 Before any timing, two exactness checks run: AR with the cache == AR without it, and the
 block cache == no cache, token for token.
-Output: a table, --out FILE (JSON records), and two plots beside it (tokens/s vs batch; the
+Output: a table, --out FILE (JSON records, rewritten after every point), and two plots beside it (tokens/s vs batch; the
 roofline), then the crossover batch B* where AR overtakes each DLM configuration: predicted
 by the roofline model and measured.
 """
@@ -49,7 +49,7 @@ from mini_dlm.roofline import (copy_bandwidth, count_forwards, crossover_closed_
 from mini_dlm.sampler import generate, generate_ar
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
-QUICK = dict(batch_sizes=[1, 4, 16], gen_lens=[64], prompt_len=32, repeats=1)
+QUICK = dict(batch_sizes="1,4,16", gen_lens="64", prompt_len=32, repeats=1)  # --quick, for flags left at default
 
 
 def int_list(s):
@@ -78,7 +78,7 @@ def get_parser():
     p.add_argument("--block-len", type=positive_int, default=32, help="block length of the full-attention runs")
     p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau")
     p.add_argument("--quick", action="store_true", help=f"small grid: batch {QUICK['batch_sizes']}, gen-len "
-                   f"{QUICK['gen_lens']}, prompt {QUICK['prompt_len']}, 1 repeat")
+                   f"{QUICK['gen_lens']}, prompt {QUICK['prompt_len']}, 1 repeat (flags you give win)")
     # measurement
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per point (median)")
     p.add_argument("--max-seconds", type=positive_float, default=30.0, help="a run slower than this ends that sweep")
@@ -190,17 +190,19 @@ def measure(config, models, prompts, G, args, device, eot_id, roofs):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     if args.replot:
         with open(args.replot) as f:
             data = json.load(f)
         for path in plot(data["records"], data["meta"], os.path.splitext(args.replot)[0]):
             print(f"wrote {path}")
         return
-    args.batch_sizes, args.gen_lens = int_list(args.batch_sizes), int_list(args.gen_lens)
     if args.quick:
         for k, v in QUICK.items():
-            setattr(args, k, v)
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, v)
+    args.batch_sizes, args.gen_lens = int_list(args.batch_sizes), int_list(args.gen_lens)
     configs = [c.strip() for c in args.configs.split(",")]
     kinds = [k.strip() for k in args.ops.split(",")]
     if set(configs) - set(CONFIGS) or set(kinds) - {"ext", "torch"}:
@@ -237,23 +239,29 @@ def main(argv=None):
             m.forward = torch.compile(m.forward)
 
     try:
-        records, logs = sweep(args, models, prompts_all, tok.eot_id, configs, kinds, device, meta)
+        records, logs = sweep(args, models, prompts_all, tok.eot_id, configs, kinds, device, meta,
+                              lambda recs: save(args.out, meta, recs, []))  # a stopped run keeps its points
     finally:
         ops.set_backend("auto")
-    crossover = crossovers(records, logs, meta, configs, kinds, args.gen_lens)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "records": records, "crossover": crossover}, f, indent=1)
-    os.replace(tmp, args.out)
+    save(args.out, meta, records, crossovers(records, logs, meta, configs, kinds, args.gen_lens))
     print(f"\nwrote {args.out} ({len(records)} records)")
     if not args.no_plots:
         for path in plot(records, meta, os.path.splitext(args.out)[0]):
             print(f"wrote {path}")
 
 
-def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta):
-    """The grid: every gen-len, configuration, ops backend and batch size, printed as it goes.
+def save(path, meta, records, crossover):
+    """The JSON output, written atomically (a temporary file, then os.replace)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"meta": meta, "records": records, "crossover": crossover}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_record):
+    """The grid: every gen-len, configuration, ops backend and batch size, printed as it goes;
+    on_record(records) runs after each point.
     -> (records, {(config, ops, gen_len): (smallest batch, its ForwardLog)})."""
     records, logs = [], {}
     print(f"\n{'config':<16} {'ops':<5} {'G':>4} {'B':>4} {'passes':>6} {'tok/pass':>8} {'tok/s':>9} "
@@ -266,11 +274,14 @@ def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta):
                 for B in args.batch_sizes:
                     try:
                         rec, log = measure(config, models, prompts_all[:B], G, args, device, eot_id, roofs)
-                    except torch.OutOfMemoryError:
+                    except RuntimeError as e:  # torch.OutOfMemoryError on a GPU, an allocator error on a CPU
+                        if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+                            raise
                         print(f"{config:<16} {kind:<5} {G:>4} {B:>4} out of memory: sweep ends")
                         break
                     rec.update(ops=kind, device=meta["device"], dtype=meta["dtype"], compiled=args.compile)
                     records.append(rec)
+                    on_record(records)
                     logs.setdefault((config, kind, G), (B, log))
                     print(f"{config:<16} {kind:<5} {G:>4} {B:>4} {rec['forward_passes']:>6} "
                           f"{rec['tokens_per_forward']:>8.2f} {rec['tokens_per_s']:>9.1f} "

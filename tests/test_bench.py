@@ -170,6 +170,19 @@ def test_bench_end_to_end(checkpoints, corpus_file, tmp_path, capsys):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_quick_keeps_the_flags_given(checkpoints, corpus_file, tmp_path):
+    """--quick shrinks the grid only where no flag was given: here it sets the batch sizes and
+    keeps --gen-lens, --prompt-len and --repeats."""
+    out = tmp_path / "q.json"
+    bench.main(["--quick", "--configs", "ar", "--ops", "torch", "--gen-lens", "8", "--repeats", "2", "--block-len", "8",
+                "--prompt-len", "8",
+                "--ar-ckpt", checkpoints["ar"], "--dlm-ckpt", checkpoints["dlm"], "--block-ckpt", checkpoints["block"],
+                "--data", corpus_file, "--device", "cpu", "--out", str(out), "--no-plots"])
+    recs = json.loads(out.read_text())["records"]
+    assert [r["batch_size"] for r in recs] == bench.int_list(bench.QUICK["batch_sizes"])
+    assert all(r["gen_len"] == 8 and len(r["runs"]) == 2 and r["prompt_len"] == 8 for r in recs)
+
+
 @pytest.mark.parametrize("change,message", [
     (("--ar-ckpt", "dlm"), "must be an AR checkpoint"),
     (("--block-ckpt", "dlm"), "is not a block-diffusion checkpoint"),
