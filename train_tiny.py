@@ -11,6 +11,7 @@ Writes <out-dir>/ckpt.pt (weights, optimizer, config, tokenizer, step) atomicall
 evaluation, at the end, and on Ctrl-C. --resume continues from it.
 """
 
+import argparse
 import math
 import os
 import sys
@@ -36,6 +37,10 @@ def get_parser():
     g.add_argument("--vocab-size", type=positive_int, default=2048, help="BPE vocabulary incl. 2 special tokens")
     g.add_argument("--tokenizer", choices=("bpe", "gpt2"), default="bpe",
                    help="bpe: trained here on --data; gpt2: tiktoken's GPT-2 (needs its files or network)")
+    g.add_argument("--docs", action="store_true", help="train on documents, one per row, ended and padded with "
+                   "end-of-text so the model learns where text ends (default: off, packed windows)")
+    g.add_argument("--doc-sep", type=escaped, default="\n\n", help="what separates documents with --docs, with "
+                   "backslash escapes (default: '\\n\\n', a blank line: one speech of the shipped corpus)")
     g = p.add_argument_group("model")
     g.add_argument("--objective", choices=OBJECTIVES, default="mdm", help="mdm: masked diffusion; ar: next-token baseline")
     g.add_argument("--block-size", type=non_negative_int, default=0, help="block diffusion (BD3-LM): blocks of N tokens, "
@@ -64,6 +69,14 @@ def get_parser():
     return p
 
 
+def escaped(s):
+    """A flag value with backslash escapes ('\\n\\n' -> two newlines)."""
+    try:
+        return s.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise argparse.ArgumentTypeError(f"bad escape sequence in {s!r}") from None
+
+
 def lr_at(it, args):
     """Linear warmup to --lr, then cosine decay to --min-lr at --max-iters."""
     if it < args.warmup_iters:
@@ -84,6 +97,7 @@ def main(argv=None):
         cfg, tc = model.config, resumed["train_config"]
         for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
+        args.docs, args.doc_sep = tc.get("docs", False), tc.get("doc_sep", args.doc_sep)  # and its data mode
         vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
     else:
         tokenizer, vocab_size, tok_kind = None, args.vocab_size, args.tokenizer
@@ -93,7 +107,8 @@ def main(argv=None):
 
     # -- data: tokenizer + token ids, cached in out-dir
     t0 = time.time()
-    tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer)
+    tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer,
+                                                 args.doc_sep if args.docs else None)
     if not resumed:
         torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
@@ -109,7 +124,8 @@ def main(argv=None):
 
     train_config = {**vars(args), "device": str(device), "vocab_size": vocab_size, "tokenizer": tok_kind}
     print_config("config", {**train_config, "model": cfg})
-    print(f"data: {len(train_ids):,} train / {len(val_ids):,} val tokens, vocab {tokenizer.vocab_size} "
+    unit = f"rows of {args.seq_len + 1} (documents ended and padded with end-of-text)" if args.docs else "tokens"
+    print(f"data: {len(train_ids):,} train / {len(val_ids):,} val {unit}, vocab {tokenizer.vocab_size} "
           f"({tok_kind}), ready in {time.time() - t0:.1f} s")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
           f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") + (f", resuming at step {start}" if resumed else ""))

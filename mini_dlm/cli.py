@@ -84,7 +84,7 @@ def print_config(title, cfg):
     """The resolved configuration, one 'key = value' per line, at the start of every run."""
     print(f"{title}:")
     for k, v in cfg.items():
-        print(f"  {k:<14} = {v}")
+        print(f"  {k:<14} = {v!r}" if isinstance(v, str) and not v.isprintable() else f"  {k:<14} = {v}")
 
 
 def run(main, argv=None):

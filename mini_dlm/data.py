@@ -3,7 +3,15 @@ Data: read a UTF-8 text file, split it (first 90% train, last 10% validation, cu
 break), train the tokenizer on the training text, encode both halves, and cache the result
 next to the checkpoints so the second run starts in well under a second.
 
-The model is trained on random windows of the packed token stream (nanoGPT style).
+Two ways to cut the tokens into training rows:
+  packed (default)  random windows of the packed token stream (nanoGPT style): text runs on
+                    across document boundaries, so the model never learns where text ends;
+  documents (--docs) one document per row, followed by end-of-text and padded with
+                    end-of-text to the row length, as LLaDA's SFT pads answers with |EOS|, so
+                    the model learns to end a document (variable-length generation, notes 07).
+                    Documents are cut at a separator: a blank line by default, which for the
+                    shipped corpus is one speech (a speaker line and its text). A document
+                    longer than a row continues on the next row; only its last row ends.
 """
 
 import hashlib
@@ -47,16 +55,49 @@ def split_text(text, val_fraction=VAL_FRACTION):
     return text[:cut], text[cut:]
 
 
+def split_documents(text, sep="\n\n"):
+    """Documents of text cut at sep, stripped of surrounding newlines, empty ones dropped."""
+    return [d.strip("\n") for d in text.split(sep) if d.strip()]
+
+
+def document_rows(tokenizer, docs, length):
+    """docs -> (N, length) int32 rows: each document's ids, then eot_id, then eot_id padding.
+    A document of n >= length tokens fills ceil((n + 1) / length) rows; only the last ends."""
+    eot, rows = tokenizer.eot_id, []
+    for ids in tokenizer.enc.encode_ordinary_batch(docs):  # special-token text stays plain text
+        ids = ids + [eot]
+        for i in range(0, len(ids), length):
+            piece = ids[i:i + length]
+            rows.append(piece + [eot] * (length - len(piece)))
+    return torch.tensor(rows, dtype=torch.int32).view(-1, length)
+
+
 def check_length(train, val, seq_len):
     if min(len(train), len(val)) <= seq_len + 1:
         raise ValueError(f"--seq-len {seq_len} is longer than the data: {len(train)} train / {len(val)} "
                          f"validation tokens; use a smaller --seq-len or a larger --data file")
 
 
-def prepare_data(path, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tokenizer=None):
-    """-> (tokenizer, train_ids, val_ids) as int32 tensors. Trains the tokenizer unless one is
-    given (e.g. from a checkpoint being resumed). Cached in cache_dir, keyed by file content.
-    Both splits must hold more than seq_len + 1 tokens (checked before anything is written)."""
+def prepare_data(path, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tokenizer=None, doc_sep=None):
+    """-> (tokenizer, train, val) as int32 tensors. Trains the tokenizer unless one is given
+    (e.g. from a checkpoint being resumed). Cached in cache_dir, keyed by file content.
+    Packed (doc_sep None): train and val are token streams, each longer than seq_len + 1
+    tokens (checked before anything is written). Documents (doc_sep a separator string):
+    train and val are (N, seq_len + 1) rows from document_rows (recomputed each run, about a
+    second for the shipped corpus)."""
+    tokenizer, train, val = prepare_tokens(path, vocab_size, cache_dir, seq_len, tokenizer_kind, tokenizer)
+    if doc_sep is None:
+        return tokenizer, train, val
+    if not doc_sep:
+        raise ValueError("--doc-sep must not be empty")
+    rows = [document_rows(tokenizer, split_documents(t, doc_sep), seq_len + 1) for t in split_text(read_text(path)[0])]
+    if min(len(r) for r in rows) == 0:
+        raise ValueError(f"{path} has no document in its train or validation split (separator {doc_sep!r})")
+    return tokenizer, rows[0], rows[1]
+
+
+def prepare_tokens(path, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tokenizer=None):
+    """prepare_data's packed streams: (tokenizer, train_ids, val_ids), cached."""
     text, raw = read_text(path)
     digest = hashlib.sha256(raw).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"tokens-{digest}-{tokenizer_kind}{vocab_size}-v{CACHE_VERSION}.pt")
@@ -89,9 +130,13 @@ def load_cache(path):
 
 
 def get_batch(ids, batch_size, length, generator, device):
-    """Random windows of the token stream: (batch_size, length) int64 on device."""
-    starts = torch.randint(0, len(ids) - length + 1, (batch_size,), generator=generator)
-    x = torch.stack([ids[s:s + length] for s in starts.tolist()]).long()  # (B, length)
+    """(batch_size, length) int64 on device: random windows of a token stream (ids 1-D), or
+    random rows of document rows (ids (N, length), from document_rows)."""
+    if ids.dim() == 2:
+        x = ids[torch.randint(0, len(ids), (batch_size,), generator=generator)].long()  # (B, length)
+    else:
+        starts = torch.randint(0, len(ids) - length + 1, (batch_size,), generator=generator)
+        x = torch.stack([ids[s:s + length] for s in starts.tolist()]).long()  # (B, length)
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)

@@ -110,7 +110,8 @@ def loss_fn(model, batch, generator=None):
 
 @torch.no_grad()
 def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed=1234):
-    """Validation figure that compares across runs: the same windows, t values and masks each time.
+    """val_ids: the validation token stream, or document rows (N, seq_len + 1).
+    Validation figure that compares across runs: the same windows, t values and masks each time.
 
     mdm: the ELBO bound at the midpoints t_j = (j + 1/2) / n_t of n_t equal strata (a fixed
          quadrature of E_t), each window masked with a fixed seed -> an upper bound on nats/token.
@@ -121,11 +122,15 @@ def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    n_win = min(max_windows, (len(val_ids) - 1) // seq_len)
-    if n_win < 1:
-        raise ValueError(f"validation split ({len(val_ids)} tokens) is shorter than seq_len + 1 = {seq_len + 1}")
-    starts = torch.linspace(0, len(val_ids) - seq_len - 1, n_win).long().tolist()
-    windows = torch.stack([val_ids[s:s + seq_len + 1] for s in starts]).long()  # (n_win, seq_len + 1)
+    if val_ids.dim() == 2:  # document rows (mini_dlm/data.py: document_rows): evenly spaced rows
+        n_win = min(max_windows, len(val_ids))
+        windows = val_ids[torch.linspace(0, len(val_ids) - 1, n_win).long()].long()  # (n_win, seq_len + 1)
+    else:
+        n_win = min(max_windows, (len(val_ids) - 1) // seq_len)
+        if n_win < 1:
+            raise ValueError(f"validation split ({len(val_ids)} tokens) is shorter than seq_len + 1 = {seq_len + 1}")
+        starts = torch.linspace(0, len(val_ids) - seq_len - 1, n_win).long().tolist()
+        windows = torch.stack([val_ids[s:s + seq_len + 1] for s in starts]).long()  # (n_win, seq_len + 1)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     for i in range(0, n_win, batch_size):
