@@ -26,7 +26,7 @@ import torch
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
-from mini_dlm.quality import distinct3, generative_nll
+from mini_dlm.quality import distinct3, generative_nll, load_judge
 from mini_dlm.roofline import device_name, timed_call
 from mini_dlm.sampler import generate
 
@@ -50,9 +50,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
     full, tok, _ = load_checkpoint(args.full, device)
-    ar, ar_tok, _ = load_checkpoint(args.ar, device)
-    if ar.config.objective != "ar" or ar_tok.fingerprint() != tok.fingerprint():
-        raise ValueError("--ar must be an AR checkpoint with the same tokenizer as --full")
+    ar = load_judge(args.ar, tok, device)
     block = load_checkpoint(args.block, device)[0] if args.block else None
     if block is not None and not block.config.block_size:
         raise ValueError(f"--block {args.block} is not a block-diffusion checkpoint")

@@ -5,14 +5,18 @@ Sample from a checkpoint written by train_tiny.py.
     python sample.py --threshold 0.9 --cache dual          # Fast-dLLM: parallel decoding + dual cache
     python sample.py --show-steps --gen-len 32 --steps 8 --block-len 16   # watch the canvas fill in
     python sample.py --prompt "ROMEO:" --prompt "JULIET: O Romeo"         # a batch of two prompts
+    python sample.py --ckpt out-d-mdm/ckpt.pt --gen-len auto --threshold 0.9   # DAEDAL: the length adapts
 
 Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini_dlm/sampler.py:
 generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
 length and may use the exact --cache block. AR checkpoints decode left to right with their exact
 KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
 --remasking, --threshold, --factor and --cache.
+--gen-len auto (full-attention checkpoints trained with --docs) sizes the canvas as it goes
+(mini_dlm/dynamic.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
 """
 
+import argparse
 import os
 import sys
 import time
@@ -23,6 +27,8 @@ from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, positive_float, positive_int,
                           print_config, resolve_device, run)
 from mini_dlm.ops import BACKENDS, set_backend, use_ext
+from mini_dlm.dynamic import generate_dynamic
+from mini_dlm.quality import useful_lengths
 from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
@@ -34,7 +40,8 @@ def get_parser():
     p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint from train_tiny.py")
     p.add_argument("--prompt", action="append", help="text the generation continues; repeat for a batch of "
                    "prompts (default: 'ROMEO:')")
-    p.add_argument("--gen-len", type=positive_int, default=128, help="tokens to generate (G)")
+    p.add_argument("--gen-len", type=gen_len, default=128, help="tokens to generate (G), or 'auto': DAEDAL's "
+                   "variable length (full-attention checkpoints trained with --docs; the flags below)")
     p.add_argument("--steps", type=positive_int, help="denoising steps S, a multiple of G / block-len; with "
                    "--threshold or --factor only a cap (default: G, one token per step)")
     p.add_argument("--block-len", type=positive_int, help="semi-autoregressive block length b, G %% b == 0 "
@@ -54,9 +61,29 @@ def get_parser():
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops (unmask, "
                    "block_attention): the compiled csrc/ kernels where built (auto, ext) or the PyTorch reference (torch)")
+    g = p.add_argument_group("variable length (--gen-len auto, mini_dlm/dynamic.py)")
+    g.add_argument("--init-len", type=positive_int, default=32, help="first canvas length")
+    g.add_argument("--max-len", type=positive_int, help="longest canvas (default: what the context leaves after the prompt)")
+    g.add_argument("--grow", type=positive_int, default=16, help="masks appended while the tail is not end-of-text")
+    g.add_argument("--tail", type=positive_int, default=8, help="positions whose end-of-text probability is averaged")
+    g.add_argument("--eot-threshold", type=non_negative_float, default=0.5, help="grow while the tail's mean "
+                   "end-of-text probability is below this")
+    g.add_argument("--low-threshold", type=non_negative_float, help="insert masks where the best guess's confidence "
+                   "is below this (default: off)")
+    g.add_argument("--insert", type=positive_int, default=4, help="masks a low-confidence position becomes")
     p.add_argument("--show-steps", action="store_true", help="print the first sample's canvas after every step, "
                    "with the tokens committed in that step (in colour on a terminal)")
     return p
+
+
+def gen_len(s):
+    """--gen-len: a positive integer or 'auto'."""
+    if s == "auto":
+        return s
+    try:
+        return positive_int(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {s!r}") from None
 
 
 def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
@@ -91,7 +118,13 @@ def main(argv=None):
     ar = cfg.objective == "ar"
     texts = args.prompt or ["ROMEO:"]
     args.prompt = texts
-    args.steps = args.steps or args.gen_len
+    auto = args.gen_len == "auto"
+    if auto and (ar or args.show_steps or args.factor is not None or args.cache != "none"):
+        raise ValueError("--gen-len auto works with a diffusion checkpoint and --threshold; not with an AR model, "
+                         "--show-steps, --factor or --cache")
+    if auto and args.max_len is None:
+        args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in texts)
+    args.steps = args.steps or (None if auto else args.gen_len)
     args.block_len = args.block_len or cfg.block_size or 32
     prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
     print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
@@ -110,7 +143,11 @@ def main(argv=None):
     on_step = show if args.show_steps else None
     t0 = time.time()
     with autocast(device):  # schedule, options and context are checked by generate()
-        if ar:
+        if auto:
+            x, stats = generate_dynamic(model, prompts, args.init_len, args.max_len, args.grow, args.tail,
+                                        args.eot_threshold, args.low_threshold, args.insert, args.threshold,
+                                        args.temperature, args.remasking, generator, tokenizer.eot_id)
+        elif ar:
             x, stats = generate_ar(model, prompts, args.gen_len, args.temperature, generator, on_step)
         else:
             x, stats = generate(model, prompts, args.gen_len, args.steps, args.block_len, args.temperature,
@@ -118,9 +155,16 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.time() - t0
+    useful = useful_lengths(x[:, P:], tokenizer.eot_id) if auto else torch.full((len(prompts),), args.gen_len)
     for r in range(len(prompts)):
         print(f"--- sample {r + 1}/{len(prompts)} ---")
-        print(render(tokenizer, x[r, int(stats["pad"][r]):].tolist(), M))
+        print(render(tokenizer, x[r, int(stats["pad"][r]):P + int(useful[r])].tolist(), M))  # auto: cut at end-of-text
+    if auto:
+        n_tok = int(useful.sum())
+        print(f"--- canvas lengths {stats['lengths'].tolist()} ({stats['length_passes']} passes to size them, "
+              f"{stats['insertions']} insertions) | kept before end-of-text {useful.tolist()}")
+        print(f"--- forward passes {stats['forward_passes']} | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s")
+        return
     n_tok = len(prompts) * args.gen_len
     print(f"--- forward passes {stats['forward_passes']} | {args.gen_len / stats['forward_passes']:.2f} tokens/forward "
           f"per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s")

@@ -14,6 +14,16 @@ Quality figures for generated text (notes/04, notes/06).
 import torch
 import torch.nn.functional as F
 
+from mini_dlm.checkpoint import load_checkpoint
+
+
+def load_judge(path, tokenizer, device):
+    """The AR checkpoint that scores generations; ValueError unless it is AR with the same tokenizer."""
+    ar, tok, _ = load_checkpoint(path, device)
+    if ar.config.objective != "ar" or tok.fingerprint() != tokenizer.fingerprint():
+        raise ValueError(f"{path} must be an AR checkpoint with the same tokenizer as the model it scores")
+    return ar
+
 
 def useful_lengths(gen, eot_id):
     """gen (B, G) generated ids -> (B,) int64: the position of each row's first eot_id, or G."""
