@@ -38,6 +38,8 @@ def get_parser():
     p.add_argument("--num-prompts", type=positive_int, default=50, help="prompts (one batch)")
     p.add_argument("--fixed-lens", default="16,32,64,96", help="comma-separated fixed generation lengths")
     p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau, for every configuration")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
+    p.add_argument("--seed", type=int, default=1337, help="the Gumbel noise (the same seed for every configuration)")
     p.add_argument("--init-len", type=positive_int, default=16, help="auto: first canvas length")
     p.add_argument("--max-len", type=positive_int, default=96, help="auto: longest canvas")
     p.add_argument("--grow", type=positive_int, default=16, help="auto: masks appended per growth")
@@ -70,13 +72,18 @@ def main(argv=None):
     print_config("config", {**vars(args), "device": f"{device} ({device_name(device)})",
                             "trained_docs": bool(load_checkpoint(args.ckpt)[2]["train_config"].get("docs"))})
 
-    runs = [(f"fixed {G}", lambda G=G: generate(model, prompts, G, G, G, threshold=args.threshold)) for G in fixed]
+    T = args.temperature
+
+    def gen():
+        return torch.Generator(device).manual_seed(args.seed)
+    runs = [(f"fixed {G}", lambda G=G: generate(model, prompts, G, G, G, temperature=T, threshold=args.threshold,
+                                                generator=gen())) for G in fixed]
     runs.append(("auto", lambda: generate_dynamic(
         model, prompts, args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold,
-        args.insert, args.threshold, eot_id=tok.eot_id)))
+        args.insert, args.threshold, T, generator=gen(), eot_id=tok.eot_id)))
     generate(model, prompts[:2], 16, 16, 16)  # warm-up
     P = max(len(p) for p in prompts)
-    print(f"\n{len(prompts)} prompts, threshold {args.threshold}, one batch, on {device_name(device)}")
+    print(f"\n{len(prompts)} prompts, threshold {args.threshold}, temperature {T}, one batch, on {device_name(device)}")
     print(f"{'config':<10} {'useful':>7} {'ended':>6} {'passes':>6} {'positions':>10} {'canvas':>7} {'seconds':>8} "
           f"{'gen ppl':>8} {'distinct3':>9}")
     for name, fn in runs:
