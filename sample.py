@@ -119,11 +119,14 @@ def main(argv=None):
     texts = args.prompt or ["ROMEO:"]
     args.prompt = texts
     auto = args.gen_len == "auto"
-    if auto and (ar or args.show_steps or args.factor is not None or args.cache != "none"):
-        raise ValueError("--gen-len auto works with a diffusion checkpoint and --threshold; not with an AR model, "
-                         "--show-steps, --factor or --cache")
+    blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
+    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in ("none", "block" if blocks else "none")):
+        raise ValueError("--gen-len auto works with a diffusion checkpoint and --threshold (and --cache block for a "
+                         "block-diffusion one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
     if auto and args.max_len is None:
         args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in texts)
+    if blocks:
+        args.max_len -= args.max_len % cfg.block_size  # whole blocks
     args.steps = args.steps or (None if auto else args.gen_len)
     args.block_len = args.block_len or cfg.block_size or 32
     prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
@@ -143,7 +146,11 @@ def main(argv=None):
     on_step = show if args.show_steps else None
     t0 = time.time()
     with autocast(device):  # schedule, options and context are checked by generate()
-        if auto:
+        if blocks:
+            x, stats = generate(model, prompts, args.max_len, args.max_len, cfg.block_size, args.temperature,
+                                args.remasking, args.threshold, None, args.cache, generator, stop_at=tokenizer.eot_id)
+            stats["lengths"] = torch.full((len(prompts),), x.shape[1] - P)
+        elif auto:
             x, stats = generate_dynamic(model, prompts, args.init_len, args.max_len, args.grow, args.tail,
                                         args.eot_threshold, args.low_threshold, args.insert, args.threshold,
                                         args.temperature, args.remasking, generator, tokenizer.eot_id)
@@ -161,8 +168,9 @@ def main(argv=None):
         print(render(tokenizer, x[r, int(stats["pad"][r]):P + int(useful[r])].tolist(), M))  # auto: cut at end-of-text
     if auto:
         n_tok = int(useful.sum())
-        print(f"--- canvas lengths {stats['lengths'].tolist()} ({stats['length_passes']} passes to size them, "
-              f"{stats['insertions']} insertions) | kept before end-of-text {useful.tolist()}")
+        how = "grown block by block until every row ended" if blocks else \
+            f"{stats['length_passes']} passes to size them, {stats['insertions']} insertions"
+        print(f"--- canvas lengths {stats['lengths'].tolist()} ({how}) | kept before end-of-text {useful.tolist()}")
         print(f"--- forward passes {stats['forward_passes']} | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s")
         return
     n_tok = len(prompts) * args.gen_len

@@ -147,13 +147,17 @@ def check_options(model, block_len, remasking, threshold, factor, cache):
 
 @torch.no_grad()
 def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0.0, remasking="low_confidence",
-             threshold=None, factor=None, cache="none", generator=None, on_step=None):
+             threshold=None, factor=None, cache="none", generator=None, on_step=None, stop_at=None):
     """Denoise [prompt, M * gen_len] block by block (see the module docstring).
     prompts: as for make_canvas. threshold / factor: Fast-dLLM's rules instead of the schedule.
     generator: draws the Gumbel seeds and the random-remasking scores.
     Returns x (B, Pmax + gen_len), left-padded, and stats {"forward_passes": int,
     "transfers": (steps taken, B) tokens committed per step, "pad": (B,) pad columns}.
-    on_step(step, block, x, committed (B, Pmax + gen_len) bool) runs after every step."""
+    on_step(step, block, x, committed (B, Pmax + gen_len) bool) runs after every step.
+    stop_at: a token id (end-of-text): stop after the first block that leaves every row with it
+    among its generated tokens, and return the canvas up to that block. Exact: a finished
+    block never changes, and the blocks before it were computed on the same canvas. For a
+    block-diffusion model this is growth block by block up to gen_len (variable length)."""
     check_schedule(gen_len, steps, block_len)
     check_options(model, block_len, remasking, threshold, factor, cache)
     x, pad = make_canvas(prompts, gen_len, model)  # (B, L), (B,)
@@ -206,6 +210,9 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
             step += 1
             if on_step is not None:
                 on_step(step, j, x, F.pad(before & ~eligible, (lo, L - hi)))
+        if stop_at is not None and (x[:, P:hi] == stop_at).any(dim=1).all():
+            x = x[:, :hi]  # every row has ended: the blocks after this one would only be padding
+            break
         if cache == "block" and j < n_blocks - 1:  # the finished block's clean keys/values
             kv_out = []
             model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv, kv_out=kv_out, only=slice(0, 0))

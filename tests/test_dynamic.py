@@ -7,7 +7,9 @@ import sample
 from conftest import tiny_model
 from test_cli import fails_cleanly, trained  # noqa: F401 (trained: a fixture)
 from mini_dlm.dynamic import forward_region, generate_dynamic, insert_masks, resize
-from mini_dlm.sampler import make_canvas
+from mini_dlm.checkpoint import save_checkpoint
+from mini_dlm.model import ModelConfig, Transformer
+from mini_dlm.sampler import generate, make_canvas
 
 PROMPTS = [[1, 2, 3], [4, 5], [9, 10, 11, 12, 13], [20], [30, 31]]
 EOT, M = 62, 63  # tiny_model: vocabulary 64, M the last id; end-of-text just below it, as in the tokenizer
@@ -144,3 +146,32 @@ def test_sample_gen_len_auto(trained, capsys):
 ])
 def test_sample_gen_len_auto_bad_input(trained, capsys, argv, match):
     fails_cleanly(sample.main, ["--ckpt", f"{trained}/ckpt.pt", "--device", "cpu", *argv], capsys, match)
+
+
+@pytest.mark.parametrize("block_size,cache", [(8, "block"), (8, "none"), (0, "dual"), (0, "none")])
+def test_stop_at_is_exact_and_stops_early(block_size, cache):
+    """generate(stop_at=id) returns the full run's canvas up to the first block after which
+    every row holds id, with fewer passes (block diffusion: growth block by block)."""
+    m = tiny_model("mdm", seq_len=48, block_size=block_size).double()
+    prompts = [[1, 2, 3], [1, 2, 3]]
+    x, st = generate(m, prompts, 32, 32, 8, threshold=0.5, cache=cache)
+    P = 3
+    stop = int(x[0, P])  # a token both rows write in their first block (same prompt, same model)
+    y, st2 = generate(m, prompts, 32, 32, 8, threshold=0.5, cache=cache, stop_at=stop)
+    assert torch.equal(y, x[:, :P + 8]) and st2["forward_passes"] < st["forward_passes"]
+    z, _ = generate(m, prompts, 32, 32, 8, threshold=0.5, cache=cache, stop_at=M - 1 if stop != M - 1 else 0)
+    if not (x[:, P:] == (M - 1 if stop != M - 1 else 0)).any(dim=1).all():
+        assert torch.equal(z, x)  # never every row: the whole canvas
+
+
+def test_sample_gen_len_auto_on_a_block_model(tokenizer, tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, seq_len=32, n_layer=1, n_head=2,
+                      n_embd=32, block_size=8)
+    save_checkpoint(str(tmp_path / "b.pt"), Transformer(cfg).eval(), tokenizer, 0)
+    sample.main(["--ckpt", str(tmp_path / "b.pt"), "--device", "cpu", "--gen-len", "auto", "--threshold", "0.9",
+                 "--cache", "block", "--max-len", "20"])
+    out = capsys.readouterr().out
+    assert "(grown block by block until every row ended)" in out and "--- canvas lengths [" in out
+    n = int(out.split("--- canvas lengths [")[1].split("]")[0])
+    assert n % 8 == 0 and 8 <= n <= 16  # whole blocks, at most --max-len rounded down to whole blocks
