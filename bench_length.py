@@ -62,7 +62,7 @@ def speaker_prompts(tok, data, n):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
-    model, tok, _ = load_checkpoint(args.ckpt, device)
+    model, tok, ckpt = load_checkpoint(args.ckpt, device)
     ar = load_judge(args.ar, tok, device)
     try:
         fixed = [int(g) for g in args.fixed_lens.split(",")]
@@ -70,7 +70,7 @@ def main(argv=None):
         raise ValueError(f"--fixed-lens: expected comma-separated integers, got {args.fixed_lens!r}") from None
     prompts = speaker_prompts(tok, args.data, args.num_prompts)
     print_config("config", {**vars(args), "device": f"{device} ({device_name(device)})",
-                            "trained_docs": bool(load_checkpoint(args.ckpt)[2]["train_config"].get("docs"))})
+                            "trained_docs": bool(ckpt["train_config"].get("docs"))})
 
     T = args.temperature
 

@@ -121,11 +121,13 @@ def main(argv=None):
     auto = args.gen_len == "auto"
     blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
     if auto and (ar or args.show_steps or args.factor is not None or args.cache not in ("none", "block" if blocks else "none")):
-        raise ValueError("--gen-len auto works with a diffusion checkpoint and --threshold (and --cache block for a "
-                         "block-diffusion one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
+        raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
+                         "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
     if auto and args.max_len is None:
-        args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in texts)
+        args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in texts)  # what the context leaves
     if blocks:
+        if args.max_len < cfg.block_size:
+            raise ValueError(f"--max-len {args.max_len} is shorter than one block ({cfg.block_size} tokens)")
         args.max_len -= args.max_len % cfg.block_size  # whole blocks
     args.steps = args.steps or (None if auto else args.gen_len)
     args.block_len = args.block_len or cfg.block_size or 32

@@ -106,8 +106,10 @@ def generate_dynamic(model, prompts, init_len=32, max_len=128, grow=16, tail=8, 
         logits = forward_region(model, x, pad, P, g)  # (B, G, V)
         passes += 1
         p_eot = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1)[..., eot]  # (B, G)
-        last = (g[:, None] - tail + torch.arange(tail, device=x.device)).clamp(min=0)  # (B, tail)
-        grows = ~settled & (p_eot.gather(1, last).mean(dim=1) < eot_threshold) & (g < max_len)
+        last = g[:, None] - tail + torch.arange(tail, device=x.device)  # (B, tail): the last min(tail, g) count
+        inside = (last >= 0).to(p_eot.dtype)
+        tail_eot = (p_eot.gather(1, last.clamp(min=0)) * inside).sum(dim=1) / inside.sum(dim=1)  # (B,)
+        grows = ~settled & (tail_eot < eot_threshold) & (g < max_len)
         settled |= ~grows
         if not grows.any():
             break
@@ -127,7 +129,9 @@ def generate_dynamic(model, prompts, init_len=32, max_len=128, grow=16, tail=8, 
         if temperature > 0:
             mode["seed"] = draw_seed(generator)
         if low_threshold is not None:  # where is each row least sure, before this pass commits?
-            c = confidence(logits.flatten(0, 1), logits.flatten(0, 1).argmax(dim=-1), "low_confidence").view(eligible.shape)
+            lg = logits.flatten(0, 1).clone()
+            lg[:, M] = float("-inf")  # the guess unmask could commit: never the mask token
+            c = confidence(lg, lg.argmax(dim=-1), "low_confidence").view(eligible.shape)
             c_min, j_min = c.masked_fill(~eligible, float("inf")).min(dim=1)  # (b,)
             lost = (c_min < low_threshold) & (g[rows] + insert - 1 <= max_len)
         if threshold is None:

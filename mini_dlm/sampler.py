@@ -211,7 +211,7 @@ def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0
             if on_step is not None:
                 on_step(step, j, x, F.pad(before & ~eligible, (lo, L - hi)))
         if stop_at is not None and (x[:, P:hi] == stop_at).any(dim=1).all():
-            x = x[:, :hi]  # every row has ended: the blocks after this one would only be padding
+            x = x[:, :hi]  # every row has ended: what later blocks write would be cut off anyway
             break
         if cache == "block" and j < n_blocks - 1:  # the finished block's clean keys/values
             kv_out = []

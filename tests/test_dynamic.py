@@ -148,7 +148,7 @@ def test_sample_gen_len_auto_bad_input(trained, capsys, argv, match):
     fails_cleanly(sample.main, ["--ckpt", f"{trained}/ckpt.pt", "--device", "cpu", *argv], capsys, match)
 
 
-@pytest.mark.parametrize("block_size,cache", [(8, "block"), (8, "none"), (0, "dual"), (0, "none")])
+@pytest.mark.parametrize("block_size,cache", [(8, "block"), (8, "none"), (0, "dual"), (0, "prefix"), (0, "none")])
 def test_stop_at_is_exact_and_stops_early(block_size, cache):
     """generate(stop_at=id) returns the full run's canvas up to the first block after which
     every row holds id, with fewer passes (block diffusion: growth block by block)."""
