@@ -32,6 +32,7 @@ roofline), then the crossover batch B* where AR overtakes each DLM configuration
 by the roofline model and measured.
 """
 
+import itertools
 import json
 import math
 import os
@@ -135,15 +136,15 @@ def make_prompts(tok, data, n, prompt_len):
 
 
 def decode_fn(config, models, prompts, G, args):
-    """A function that runs one generation of config: -> (x (B, P + G), stats)."""
+    """(the model config runs, a function that runs one generation: -> (x (B, P + G), stats))."""
     b, tau = args.block_len, args.threshold
     if config == "ar":
-        return lambda: generate_ar(models["ar"], prompts, G)
+        return models["ar"], lambda: generate_ar(models["ar"], prompts, G)
     if config == "threshold+block":
-        bb = models["block"].config.block_size
-        return lambda: generate(models["block"], prompts, G, G, bb, threshold=tau, cache="block")
+        m = models["block"]
+        return m, lambda: generate(m, prompts, G, G, m.config.block_size, threshold=tau, cache="block")
     kw = {"dlm": {}, "threshold": dict(threshold=tau), "threshold+dual": dict(threshold=tau, cache="dual")}[config]
-    return lambda: generate(models["dlm"], prompts, G, G, b, **kw)
+    return models["dlm"], lambda: generate(models["dlm"], prompts, G, G, b, **kw)
 
 
 def validate(models, prompts, args):
@@ -164,8 +165,8 @@ def validate(models, prompts, args):
 def measure(config, models, prompts, G, args, device, eot_id, roofs):
     """One point of the grid -> (record, forward log of the untimed run). roofs: (peak FLOP/s,
     bytes/s) for the roofline's predicted time."""
-    fn = decode_fn(config, models, prompts, G, args)
-    with count_forwards(models["ar" if config == "ar" else "block" if config == "threshold+block" else "dlm"]) as log:
+    model, fn = decode_fn(config, models, prompts, G, args)
+    with count_forwards(model) as log:
         x, stats = fn()  # untimed: warms up, logs the cost, gives the tokens
     runs = []
     for _ in range(args.repeats):
@@ -300,38 +301,31 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
     print("\ncrossover: the batch where AR (KV cache) overtakes each DLM configuration")
     print(f"{'config':<16} {'ops':<5} {'G':>4} {'w':>6} {'tok/pass':>8} {'B* formula':>10} {'B* roofline':>11} "
           f"{'B* measured':>11}")
+    by_key = {(r["config"], r["ops"], r["gen_len"], r["batch_size"]): r for r in records}
     grid = sorted({round(2 ** (i / 4)) for i in range(0, 4 * 16 + 1)})  # 1 .. 65536, four per octave
-    for G in gen_lens:
-        for kind in kinds:
-            if ("ar", kind, G) not in logs:
-                continue
-            ar_B, ar_log = logs[("ar", kind, G)]
-            for config in configs:
-                if config == "ar" or (config, kind, G) not in logs:
-                    continue
-                B0, log = logs[(config, kind, G)]
-                first = next(r for r in records if (r["config"], r["ops"], r["gen_len"], r["batch_size"]) ==
-                             (config, kind, G, B0))
-                w = first["positions_per_token"]
-                formula = crossover_closed_form(meta["ridge"], 4 if meta["dtype"] == "float32" else 2, w)
 
-                def tps(lg, b0, b):  # roofline tokens/s at batch b, from a log taken at batch b0
-                    return b * G / lg.predict_seconds(meta["peak_flops"], meta["bandwidth"], b / b0)
-                model_b = next((b for b in grid if tps(ar_log, ar_B, b) >= tps(log, B0, b)), None)
-                measured = None
-                for r in sorted((r for r in records if r["config"] == config and r["ops"] == kind
-                                 and r["gen_len"] == G), key=lambda r: r["batch_size"]):
-                    a = next((q for q in records if (q["config"], q["ops"], q["gen_len"], q["batch_size"]) ==
-                              ("ar", kind, G, r["batch_size"])), None)
-                    if a is not None and a["useful_tokens_per_s"] >= r["useful_tokens_per_s"]:
-                        measured = r["batch_size"]
-                        break
-                row = dict(config=config, ops=kind, gen_len=G, w=w, tokens_per_forward=first["tokens_per_forward"],
-                           b_star_formula=formula, b_star_roofline=model_b, b_star_measured=measured)
-                out.append(row)
-                show = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-                print(f"{config:<16} {kind:<5} {G:>4} {w:>6.2f} {row['tokens_per_forward']:>8.2f} {show(formula):>10} "
-                      f"{show(model_b):>11} {show(measured):>11}")
+    def tps(log, b0, b, G):  # roofline tokens/s at batch b, from a log taken at batch b0
+        return b * G / log.predict_seconds(meta["peak_flops"], meta["bandwidth"], b / b0)
+
+    def show(v):
+        return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    for G, kind, config in itertools.product(gen_lens, kinds, configs):
+        if config == "ar" or (config, kind, G) not in logs or ("ar", kind, G) not in logs:
+            continue
+        (ar_B, ar_log), (B0, log) = logs[("ar", kind, G)], logs[(config, kind, G)]
+        first = by_key[(config, kind, G, B0)]
+        w = first["positions_per_token"]
+        formula = crossover_closed_form(meta["ridge"], 4 if meta["dtype"] == "float32" else 2, w)
+        model_b = next((b for b in grid if tps(ar_log, ar_B, b, G) >= tps(log, B0, b, G)), None)
+        measured = next((B for (c, o, g, B), r in sorted(by_key.items(), key=lambda kv: kv[0][3])
+                         if (c, o, g) == (config, kind, G) and ("ar", kind, G, B) in by_key
+                         and by_key[("ar", kind, G, B)]["useful_tokens_per_s"] >= r["useful_tokens_per_s"]), None)
+        row = dict(config=config, ops=kind, gen_len=G, w=w, tokens_per_forward=first["tokens_per_forward"],
+                   b_star_formula=formula, b_star_roofline=model_b, b_star_measured=measured)
+        out.append(row)
+        print(f"{config:<16} {kind:<5} {G:>4} {w:>6.2f} {row['tokens_per_forward']:>8.2f} {show(formula):>10} "
+              f"{show(model_b):>11} {show(measured):>11}")
     print("(B* formula = ridge * bytes_per_element / 2 / w, w = positions computed per token; roofline: the first "
           "batch where the roofline model puts AR ahead; measured: the first batch of the grid where AR's useful "
           "tokens/s >= the configuration's; '-' = not within the range)")

@@ -120,7 +120,8 @@ def main(argv=None):
     args.prompt = texts
     auto = args.gen_len == "auto"
     blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
-    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in ("none", "block" if blocks else "none")):
+    caches = ("none", "block") if blocks else ("none",)
+    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in caches):
         raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
                          "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
     if auto and args.max_len is None:

@@ -85,20 +85,21 @@ def prepare_data(path, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tok
     tokens (checked before anything is written). Documents (doc_sep a separator string):
     train and val are (N, seq_len + 1) rows from document_rows (recomputed each run, about a
     second for the shipped corpus)."""
-    tokenizer, train, val = prepare_tokens(path, vocab_size, cache_dir, seq_len, tokenizer_kind, tokenizer)
+    if doc_sep == "":
+        raise ValueError("--doc-sep must not be empty")
+    text, raw = read_text(path)
+    tokenizer, train, val = prepare_tokens(text, raw, vocab_size, cache_dir, seq_len, tokenizer_kind, tokenizer)
     if doc_sep is None:
         return tokenizer, train, val
-    if not doc_sep:
-        raise ValueError("--doc-sep must not be empty")
-    rows = [document_rows(tokenizer, split_documents(t, doc_sep), seq_len + 1) for t in split_text(read_text(path)[0])]
+    rows = [document_rows(tokenizer, split_documents(t, doc_sep), seq_len + 1) for t in split_text(text)]
     if min(len(r) for r in rows) == 0:
         raise ValueError(f"{path} has no document in its train or validation split (separator {doc_sep!r})")
     return tokenizer, rows[0], rows[1]
 
 
-def prepare_tokens(path, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tokenizer=None):
-    """prepare_data's packed streams: (tokenizer, train_ids, val_ids), cached."""
-    text, raw = read_text(path)
+def prepare_tokens(text, raw, vocab_size, cache_dir, seq_len, tokenizer_kind="bpe", tokenizer=None):
+    """prepare_data's packed streams of the file read as (text, raw bytes): (tokenizer,
+    train_ids, val_ids), cached."""
     digest = hashlib.sha256(raw).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"tokens-{digest}-{tokenizer_kind}{vocab_size}-v{CACHE_VERSION}.pt")
     c = load_cache(cache)

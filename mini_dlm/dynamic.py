@@ -27,7 +27,7 @@ costs nothing). The caller cuts each row at its first end-of-text (quality.usefu
 import torch
 
 from mini_dlm.ops import confidence, unmask
-from mini_dlm.sampler import REMASKING, canvas_positions, draw_seed, make_canvas
+from mini_dlm.sampler import REMASKING, canvas_attention, canvas_positions, draw_seed, make_canvas
 
 
 def check_dynamic(model, init_len, max_len, grow, tail, eot_threshold, low_threshold, insert, threshold, remasking):
@@ -78,9 +78,7 @@ def forward_region(model, x, pad, P, g):
     """Logits (b, G, V) of the generated region of every row of x (b, P + G); row r sees its
     columns [pad[r], P + g[r]) only (a hidden column's query sees itself, to stay defined)."""
     L = x.shape[1]
-    col = torch.arange(L, device=x.device)
-    keep = (col[None, :] >= pad[:, None]) & (col[None, :] < P + g[:, None])  # (b, L)
-    mask = keep[:, None, None, :] | torch.eye(L, dtype=torch.bool, device=x.device)  # (b, 1, L, L)
+    mask = canvas_attention(model, pad, L, P, 0, end=P + g)  # (b, 1, L, L)
     return model(x, mask, canvas_positions(pad, L), only=slice(P, L))
 
 

@@ -91,13 +91,15 @@ def make_canvas(prompts, gen_len, model):
     return x.to(device), pad.to(device)
 
 
-def canvas_attention(model, pad, L, P, block_len):
+def canvas_attention(model, pad, L, P, block_len, end=None):
     """Attention pattern for a forward over the whole canvas (B, L): None (the model's default)
     or a bool mask (L, L) / (B, 1, L, L), True where query q may see key k.
       full attention: everything;  AR: causal;
       block diffusion: block-causal, blocks of block_len counted from the generation start P
       (so the prompt's first block may be short);
-      plus, with padding, no pad column as a key (a pad query sees itself, to stay defined)."""
+      plus, with padding, no pad column as a key (a pad query sees itself, to stay defined);
+      end (B,): no column from end[r] on as a key either (rows right-padded to a common width,
+      mini_dlm/dynamic.py)."""
     col = torch.arange(L, device=pad.device)
     pattern = None
     if model.config.objective == "ar":
@@ -105,9 +107,12 @@ def canvas_attention(model, pad, L, P, block_len):
     elif model.config.block_size:
         blk = torch.div(col - P, block_len, rounding_mode="floor")
         pattern = blk[:, None] >= blk[None, :]
-    if not pad.any():
+    if not pad.any() and end is None:
         return None if model.config.objective == "ar" else pattern
-    keep = col[None, None, None, :] >= pad[:, None, None, None]  # (B, 1, 1, L)
+    keep = col[None, :] >= pad[:, None]  # (B, L)
+    if end is not None:
+        keep = keep & (col[None, :] < end[:, None])
+    keep = keep[:, None, None, :]  # (B, 1, 1, L)
     if pattern is not None:
         keep = keep & pattern
     return keep | torch.eye(L, dtype=torch.bool, device=pad.device)  # (B, 1, L, L)
