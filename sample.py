@@ -26,7 +26,7 @@ import torch
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, positive_float, positive_int,
                           print_config, resolve_device, run)
-from mini_dlm.ops import BACKENDS, set_backend, use_ext
+from mini_dlm.ops import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.dynamic import generate_dynamic
 from mini_dlm.quality import useful_lengths
 from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
@@ -111,7 +111,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     set_backend(args.backend)
     # which implementation runs each op (ValueError if ext is asked for but missing)
-    ops_used = {key: "ext" if use_ext(op, device) else "torch"
+    ops_used = {key: describe_backend(op, device)
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
     cfg = model.config
@@ -147,6 +147,7 @@ def main(argv=None):
 
     generator = torch.Generator(device).manual_seed(args.seed)
     on_step = show if args.show_steps else None
+    reset_backends_ran()
     t0 = time.time()
     with autocast(device):  # schedule, options and context are checked by generate()
         if blocks:
@@ -165,6 +166,7 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.time() - t0
+    ran = " | ops " + ", ".join(f"{op} {b}" for op, b in backends_ran().items())  # what really ran
     useful = useful_lengths(x[:, P:], tokenizer.eot_id) if auto else torch.full((len(prompts),), args.gen_len)
     for r in range(len(prompts)):
         print(f"--- sample {r + 1}/{len(prompts)} ---")
@@ -174,11 +176,12 @@ def main(argv=None):
         how = "grown block by block until every row ended" if blocks else \
             f"{stats['length_passes']} passes to size them, {stats['insertions']} insertions"
         print(f"--- canvas lengths {stats['lengths'].tolist()} ({how}) | kept before end-of-text {useful.tolist()}")
-        print(f"--- forward passes {stats['forward_passes']} | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s")
+        print(f"--- forward passes {stats['forward_passes']} | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s"
+              + ran)
         return
     n_tok = len(prompts) * args.gen_len
     print(f"--- forward passes {stats['forward_passes']} | {args.gen_len / stats['forward_passes']:.2f} tokens/forward "
-          f"per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s")
+          f"per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s" + ran)
 
 
 if __name__ == "__main__":

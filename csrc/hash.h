@@ -27,4 +27,16 @@ MD_HD double gumbel(uint64_t key, uint64_t index) {
   return -log(-log(u));
 }
 
+// The perturbed logit l + T g, rounded twice (product, then sum) as the float64 reference
+// computes it. C++ lets a compiler fuse the two into one FMA (one rounding): gcc does on x86
+// with -march=native, nvcc does by default, and the argmax can then differ at a near-tie.
+MD_HD double gumbel_score(double l, double temperature, double g) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(l, __dmul_rn(temperature, g));
+#else
+  volatile double tg = temperature * g;  // volatile: the product is rounded and stored first
+  return l + tg;
+#endif
+}
+
 }  // namespace mini_dlm

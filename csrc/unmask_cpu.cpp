@@ -57,7 +57,7 @@ bool scan_row(const scalar_t* row, int64_t V, const char* banned, int kind, doub
       second = l;
     }
     if (temperature > 0 && l != -kInf) {
-      const double noisy = l + temperature * gumbel(key, base + static_cast<uint64_t>(v));
+      const double noisy = gumbel_score(l, temperature, gumbel(key, base + static_cast<uint64_t>(v)));
       if (noisy > best_noisy) best_noisy = noisy, x0 = v;
     }
   }

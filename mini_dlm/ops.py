@@ -11,9 +11,13 @@ contract. unmask and block_attention are the public entry points.
                    an optional cached suffix, as if the three were concatenated (section 5).
 
 Backends. unmask and block_attention validate their arguments, then run the compiled op
-torch.ops.mini_dlm.* (csrc/, built by setup.py) when it exists for the tensors' device, else
-the reference *_reference function here. MINI_DLM_BACKEND=torch|ext (or set_backend, or
-sample.py --backend) forces one; the default "auto" prefers the compiled op.
+torch.ops.mini_dlm.* (csrc/, built by setup.py) or the reference *_reference function here.
+MINI_DLM_BACKEND=torch|ext (or set_backend, or sample.py --backend) forces one. The default,
+"auto", takes the compiled op on the CPU; on a GPU it takes it only once CUDA_VALIDATED is True,
+that is once tests/test_ext.py has passed on a GPU (csrc/README.md records when), and until then
+runs the reference there. Inputs a compiled kernel does not take (float64 logits on a GPU, a
+head dim it is not built for) go to the reference in every mode. backends_ran() says which
+implementation each op actually used.
 
 Random numbers. Gumbel noise for temperature sampling comes from a counter-based hash
 (uniform_hash), not from a torch.Generator: noise for logit (b, i, v) depends only on
@@ -21,6 +25,7 @@ Random numbers. Gumbel noise for temperature sampling comes from a counter-based
 draws exactly the same numbers as this reference.
 """
 
+import json
 import math
 import os
 
@@ -35,16 +40,32 @@ except ImportError:  # not built (e.g. a source checkout without pip install): r
 
 KINDS = ("low_confidence", "random", "margin", "entropy")
 BACKENDS = ("auto", "torch", "ext")
+# False until tests/test_ext.py has passed on a GPU (csrc/README.md records date, device and
+# command): until then "auto" runs the PyTorch reference on CUDA and the kernels are opt-in.
+CUDA_VALIDATED = False
+CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims csrc/attention_cuda.cu is compiled for
+MAX_BANNED_CUDA = 16  # banned ids the CUDA unmask takes (they travel as kernel arguments)
 _backend = "auto"
+_ran = set()  # {(op, "ext" | "torch")} since reset_backends_ran()
 
 
 def set_backend(name):
-    """auto: the compiled op where it exists, else the reference; torch: always the reference;
-    ext: always the compiled op (ValueError where there is none)."""
+    """auto: the compiled op where it exists (on CUDA only once CUDA_VALIDATED), else the
+    reference; torch: always the reference; ext: always the compiled op (ValueError where
+    there is none)."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     _backend = name
+
+
+def _build_info():
+    """What setup.py recorded about the build (mini_dlm/_build.json), or {} if nothing."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_build.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _compiled_kernels():
@@ -68,13 +89,49 @@ def has_kernel(op, device):
     return (op, device.type.upper()) in _KERNELS
 
 
+def missing_kernel_reason(device):
+    """Why mini_dlm._C has no kernels for this device type, in words ("" if none is known)."""
+    if not HAS_EXT:
+        return "the extension is not built: pip install --no-build-isolation -e ."
+    if device.type == "cuda":
+        return "built without its CUDA kernels: " + (_build_info().get("why") or "reason unknown (reinstall)")
+    return ""
+
+
 def use_ext(op, device):
+    """Whether the backend choice runs the compiled op `op` on this device type."""
     if _backend == "torch":
         return False
     if _backend == "ext" and not has_kernel(op, device):
+        why = missing_kernel_reason(device)
         raise ValueError(f"backend 'ext' requested, but mini_dlm._C has no {op} kernel for {device.type}"
-                           + ("" if HAS_EXT else " (the extension is not built: pip install --no-build-isolation -e .)"))
-    return has_kernel(op, device)
+                         + (f" ({why})" if why else ""))
+    return has_kernel(op, device) and (_backend == "ext" or device.type != "cuda" or CUDA_VALIDATED)
+
+
+def describe_backend(op, device):
+    """What use_ext decides for op on this device, in words (for a run's config print)."""
+    if use_ext(op, device):
+        return "ext"
+    if _backend == "auto" and device.type == "cuda":
+        return "torch (" + ("the CUDA kernels are not yet validated on a GPU; --backend ext runs them"
+                            if has_kernel(op, device) else "mini_dlm._C " + missing_kernel_reason(device)) + ")"
+    return "torch"
+
+
+def _record(op, ext):
+    if not _compiling():  # (a Python side effect torch.compile need not trace)
+        _ran.add((op, "ext" if ext else "torch"))
+
+
+def backends_ran():
+    """{op: "ext" | "torch" | "ext+torch"}: what each op ran since reset_backends_ran()."""
+    return {op: "+".join(b for b in ("ext", "torch") if (op, b) in _ran)
+            for op in ("unmask", "block_attention") if (op, "ext") in _ran or (op, "torch") in _ran}
+
+
+def reset_backends_ran():
+    _ran.clear()
 
 
 set_backend(os.environ.get("MINI_DLM_BACKEND", "auto"))
@@ -171,14 +228,20 @@ def _rows(t):
 
 
 def _compiling():
-    """Under torch.compile the checks that read tensor values are skipped (they would break the
-    graph); the compiled ops check those values themselves."""
     return torch.compiler.is_compiling()
+
+
+def _host_checkable(t):
+    """Whether a check may read t's values here: on the CPU, outside torch.compile. Reading a
+    GPU tensor's values would synchronise with the device (and break CUDA graph capture), and
+    under torch.compile it would break the graph; there the compiled ops check the values
+    themselves (the CUDA ones with a device-side assert)."""
+    return t.device.type == "cpu" and not _compiling()
 
 
 def _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned):
     if logits.dim() != 3 or logits.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        raise ValueError(f"logits must be (B, L, V) float32/bfloat16/float16, got {tuple(logits.shape)} {logits.dtype}")
+        raise ValueError(f"logits must be (B, L, V) float32/bfloat16/float16/float64, got {tuple(logits.shape)} {logits.dtype}")
     B, L, V = logits.shape
     if tokens.shape != (B, L) or tokens.dtype != torch.long:
         raise ValueError(f"tokens must be ({B}, {L}) int64, got {tuple(tokens.shape)} {tokens.dtype}")
@@ -186,7 +249,7 @@ def _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned
         raise ValueError(f"eligible must be ({B}, {L}) bool, got {tuple(eligible.shape)} {eligible.dtype}")
     if sum(a is not None for a in (k, tau, factor)) != 1:
         raise ValueError("give exactly one of k (schedule), tau (threshold) or factor")
-    if k is not None and (k.shape != (B,) or k.dtype != torch.long or (not _compiling() and (k < 0).any())):
+    if k is not None and (k.shape != (B,) or k.dtype != torch.long or (_host_checkable(k) and (k < 0).any())):
         raise ValueError(f"k must be ({B},) int64 and >= 0")
     if tau is not None and math.isnan(tau):
         raise ValueError("tau must be a number")
@@ -204,7 +267,9 @@ def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low
            scores=None, temperature=0.0, seed=0, banned=()):
     """Check the arguments (ValueError), then run the compiled op or unmask_reference (the spec)."""
     _check_unmask(logits, tokens, eligible, k, tau, factor, kind, scores, banned)
-    if not use_ext("unmask", logits.device):
+    ext = use_ext("unmask", logits.device) and _unmask_kernel_takes(logits, banned)
+    _record("unmask", ext)
+    if not ext:
         return unmask_reference(logits, tokens, eligible, k=k, tau=tau, factor=factor, kind=kind,
                                 scores=scores, temperature=temperature, seed=seed, banned=banned)
     rule = "schedule" if k is not None else "threshold" if tau is not None else "factor"
@@ -213,6 +278,12 @@ def unmask(logits, tokens, eligible, *, k=None, tau=None, factor=None, kind="low
     return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [int(b) for b in banned], k,
                                      0.0 if tau is None else float(tau), 0.0 if factor is None else float(factor),
                                      rule, kind, scores, float(temperature), _signed(int(seed) & _M64))
+
+
+def _unmask_kernel_takes(logits, banned):
+    """The CPU kernel takes every case; the CUDA one float32/bfloat16/float16 logits and at
+    most MAX_BANNED_CUDA banned ids. Other cases run the reference."""
+    return logits.device.type != "cuda" or (logits.dtype != torch.float64 and len(banned) <= MAX_BANNED_CUDA)
 
 
 if HAS_EXT:
@@ -298,7 +369,7 @@ def _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix
         Lc = k_prefix.shape[2]
         if prefix_len is None or prefix_len.shape != (B,) or prefix_len.dtype != torch.long:
             raise ValueError(f"prefix_len must be ({B},) int64 when a prefix is given")
-        if len(prefix_len) and not _compiling() and (prefix_len.min() < 0 or prefix_len.max() > Lc):
+        if len(prefix_len) and _host_checkable(prefix_len) and (prefix_len.min() < 0 or prefix_len.max() > Lc):
             raise ValueError(f"prefix_len must lie in [0, {Lc}]")
 
 
@@ -306,19 +377,18 @@ def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_su
     """Check the arguments (ValueError), then run the compiled op or block_attention_reference
     (the spec)."""
     _check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
-    if not use_ext("block_attention", q.device) or not (_kernel_takes(q) or _backend == "ext"):
+    ext = use_ext("block_attention", q.device) and _attention_kernel_takes(q)
+    _record("block_attention", ext)
+    if not ext:
         return block_attention_reference(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix)
     return torch.ops.mini_dlm.block_attention(_rows(q), _rows(k), _rows(v), _rows(k_prefix), _rows(v_prefix),
                                               None if k_prefix is None else prefix_len, _rows(k_suffix),
                                               _rows(v_suffix))  # the kernels read rows of D
 
 
-CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims csrc/attention_cuda.cu is compiled for
-
-
-def _kernel_takes(q):
+def _attention_kernel_takes(q):
     """The CPU kernel takes every dtype and head dim; the CUDA one float32/bfloat16/float16 and
-    CUDA_HEAD_DIMS. Other cases go to the reference (backend auto) or fail in the op (ext)."""
+    CUDA_HEAD_DIMS. Other cases run the reference."""
     return q.device.type != "cuda" or (q.dtype != torch.float64 and q.shape[-1] in CUDA_HEAD_DIMS)
 
 
