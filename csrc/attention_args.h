@@ -1,5 +1,5 @@
 // The argument checks both block_attention backends share (attention_cpu.cpp,
-// attention_cuda.cpp), and the strided view of one K/V segment the kernels read in place.
+// attention_cuda_glue.cpp), and the strided view of one K/V segment the kernels read in place.
 // Uses torch headers, so only .cpp files include it.
 #pragma once
 #include <torch/types.h>

@@ -1,40 +1,33 @@
 // block_attention on the GPU: a block's queries over [prefix[:len] ; block ; suffix], the three
-// segments read in place (DESIGN.md sections 5 and 8). No torch headers: raw pointers, element
-// strides and a cudaStream_t, so that this file compiles with nvcc -arch=sm_90 on a machine whose
-// torch is the CPU build (.ci/run does that). The torch glue is csrc/attention_cuda.cpp.
+// segments read in place. This file: the plan (which kernel, tiles, split of the keys), the
+// launcher, the split-KV combine kernel, and the kernel for fp32 inputs, which computes on the
+// CUDA cores. bf16 / fp16 inputs go to the tensor-core kernel, attention_mma_cuda.cu.
 // Specification: mini_dlm/ops.py: block_attention_reference (same op as csrc/attention_cpu.cpp).
+// No torch headers (the glue is attention_cuda_glue.cpp):
 //
-// STATUS: compiled by CI for sm_90, never run: no GPU has been available. It must be validated
-// by tests/test_ext.py (and compute-sanitizer) on a GPU before anyone relies on it.
-//
-//   nvcc -arch=sm_90 -std=c++17 -O3 -Icsrc -c csrc/attention_cuda.cu
+//   nvcc -arch=sm_90 -O3 -Icsrc -c csrc/attention_cuda.cu
 //
 // Roofline: bytes ~ B H (2 b + 2 (len + b + Ls)) D bytes_per_elem, flops = 4 b (len + b + Ls) D
-// per (batch row, head). H200, B=64, H=12, D=64, Lc=1024, b=32 bf16 reads ~214 MB: ~50 us at
-// ~4.3 TB/s. The same case is 6.6 GFLOP: >= ~100 us on the fp32 CUDA cores (~67 TFLOP/s), so
-// this SIMT kernel is compute-bound at twice the memory floor or more; reaching the floor needs
-// tensor cores (mma on bf16/fp16 tiles), the next step once this version is validated.
+// per (batch row, head). In fp32 the intensity is b / 2 = 16 flop/byte at b = 32: at ~4.3 TB/s
+// that needs ~70 TFLOP/s, about all an H200's fp32 CUDA cores have, so this kernel is
+// compute-bound near half the bandwidth; the tensor-core kernel is not (notes 05).
 //
-// Algorithm: FlashAttention-2's loop order, split over the keys like flash-decoding.
-//   Row r of the batch sees Lk_r = len_r + b + Ls keys, numbered 0 .. Lk_r - 1 in the order
-//   prefix, block, suffix ("virtual" keys: KeyMap turns j into a pointer into its segment).
-//   One CTA (4 warps) per (tile of BQ queries, batch row * head, split); warp w owns BQ / 4 rows.
-//   Split s of num_splits takes a contiguous run of the row's TK-key tiles (empty for short rows).
-//     stage  Q (BQ x D, times 1/sqrt(D)) once, then per tile K (TK x D) and V (TK x D), all
-//            converted to fp32 in shared memory; 16-byte loads when every pointer and stride
-//            allows (decided on the host), keys past Lk_r zero-filled, never read;
+// fp32 kernel (attention_fwd): FlashAttention-2's loop order, split over the keys like
+// flash-decoding. One CTA (4 warps) per (tile of BQ queries, batch row * head, split); warp w
+// owns BQ / 4 rows. Split s takes a contiguous run of the row's TK-key tiles (cta_view).
+//     stage  Q (BQ x D, times 1/sqrt(D)) once, then per tile K (TK x D) and V (TK x D) into
+//            shared memory; 16-byte loads when every pointer and stride allows (decided on the
+//            host), keys past Lk_r zero-filled, never read;
 //     S      = Q K^T, lanes over keys, each lane its keys for all the warp's rows;
 //     online softmax per row (warp shuffles): m' = max(m, max_j S_j), P = e^(S - m'),
 //            l = l e^(m - m') + sum_j P_j, O = O e^(m - m'); keys past Lk_r have S = -inf, P = 0;
-//     O     += P V, lanes over d, O in registers (fp32).
-//   num_splits == 1: the CTA writes O / l in q's dtype. Otherwise it writes O unnormalised with
-//   its m and l to fp32 scratch (an empty split: O = 0, m = -inf, l = 0), and attention_combine
-//   merges the splits: M = max_s m_s, out = sum_s e^(m_s - M) O_s / sum_s e^(m_s - M) l_s.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <math_constants.h>
-#include <stdint.h>
+//     O     += P V, lanes over d, O in registers.
+// Split-KV: with num_splits > 1 each CTA writes O unnormalised with its m and l to fp32
+// scratch (an empty split: O = 0, m = -inf, l = 0), and attention_combine merges the splits:
+// M = max_s m_s, out = sum_s e^(m_s - M) O_s / sum_s e^(m_s - M) l_s.
+#include <algorithm>
+
+#include "attention_cuda.cuh"
 
 namespace mini_dlm {
 
@@ -43,7 +36,6 @@ namespace {
 constexpr int NWARPS = 4, NT = 32 * NWARPS;  // threads per CTA
 constexpr int MAX_SPLITS = 32;               // attention_combine holds one split per lane
 constexpr int MIN_TILES_PER_SPLIT = 4;       // a split's partial O (BQ x D fp32) costs ~ one K/V tile
-constexpr unsigned FULL = 0xffffffffu;
 
 // Tile sizes per head dim; static shared memory (Qs + Ks + Vs + Ps) stays under 48 KB:
 // D=32: 29 KB, D=64: 28.5 KB, D=128: 42.5 KB. Larger tiles do not fit: TK = 64 at D = 64 needs
@@ -56,57 +48,6 @@ struct Tile {
   static constexpr int KPL = TK / 32;           // keys per lane in S = Q K^T
   static constexpr int DPL = D / 32;            // dims per lane in O += P V
   static constexpr int KP = D + 4;              // Ks row pitch: float4 reads across keys hit distinct banks
-};
-
-// Everything the kernel reads, as the launcher received it. in[]: q, k, v, k_prefix, v_prefix,
-// k_suffix, v_suffix; st[i]: element strides of in[i] in dims 0, 1, 2 (dim 3 is contiguous).
-struct Params {
-  const void* in[7];
-  int64_t st[7][3];
-  const int64_t* prefix_len;  // (B,) or nullptr
-  void* out;                  // (B, H, b, D) contiguous, q's dtype (num_splits == 1)
-  float* o_part;              // (num_splits, B H b, D) unnormalised O (num_splits > 1)
-  float2* ml_part;            // (num_splits, B H b) (m, l)
-  int64_t B, H, b, Lc, Ls;
-  int num_splits;
-};
-enum { Q = 0, K = 1, V = 2, KPRE = 3, VPRE = 4, KSUF = 5, VSUF = 6 };
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
-
-__device__ __forceinline__ float warp_max(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(FULL, x, o));
-  return x;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(FULL, x, o);
-  return x;
-}
-
-// Virtual key j of one (batch row, head) -> its K and V rows: j < len in the prefix, then the
-// block, then the suffix. Callers keep j < len + b + Ls, so an absent segment is never touched.
-template <typename T>
-struct KeyMap {
-  const T *kp, *vp, *k, *v, *ks, *vs;  // row 0 of each segment for this (batch row, head)
-  int64_t kp_st, vp_st, k_st, v_st, ks_st, vs_st, len, b;
-  __device__ __forceinline__ const T* key(int64_t j) const {
-    return j < len ? kp + j * kp_st : j < len + b ? k + (j - len) * k_st : ks + (j - len - b) * ks_st;
-  }
-  __device__ __forceinline__ const T* value(int64_t j) const {
-    return j < len ? vp + j * vp_st : j < len + b ? v + (j - len) * v_st : vs + (j - len - b) * vs_st;
-  }
 };
 
 // dst[0 .. CH) = scale * src[0 .. CH), CH = 16 / sizeof(T): one 16-byte load, float4 stores.
@@ -165,7 +106,7 @@ __device__ __forceinline__ void load_n(const float* src, float (&x)[N]) {
 
 // grid: x = (batch row * H + head) * q_tiles + query tile, y = split. NT threads.
 template <typename T, int D, bool VEC>
-__global__ void __launch_bounds__(NT) attention_fwd(const Params p) {
+__global__ void __launch_bounds__(NT) attention_fwd(const __grid_constant__ Params p) {
   using C = Tile<D>;
   constexpr int BQ = C::BQ, TK = C::TK, RW = C::RW, KPL = C::KPL, DPL = C::DPL, KP = C::KP;
   __shared__ __align__(16) float Qs[BQ][D];   // queries, pre-scaled by 1/sqrt(D)
@@ -174,33 +115,12 @@ __global__ void __launch_bounds__(NT) attention_fwd(const Params p) {
   __shared__ __align__(16) float Ps[BQ][TK];  // P of the tile, each warp its own rows
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t q_tiles = (p.b + BQ - 1) / BQ;
-  const int64_t bh = (int64_t)blockIdx.x / q_tiles, q0 = (int64_t)blockIdx.x % q_tiles * BQ;
-  const int64_t r = bh / p.H, h = bh % p.H;
-  const int nq = (int)min((int64_t)BQ, p.b - q0);  // queries in this tile, >= 1
-  const int split = blockIdx.y;
-
-  // Clamped to [0, Lc]: a bad prefix_len must not read outside the prefix (the Python wrapper
-  // and the CPU op raise on it; here there is no host sync to check it).
-  const int64_t len = p.prefix_len != nullptr ? min(max(p.prefix_len[r], (int64_t)0), p.Lc) : 0;
-  const int64_t Lk = len + p.b + p.Ls;  // keys of this row
-  const T* base[7];                     // row 0 of each tensor for (r, h); 64-bit offsets
-#pragma unroll
-  for (int i = 0; i < 7; ++i)
-    base[i] = p.in[i] != nullptr ? static_cast<const T*>(p.in[i]) + r * p.st[i][0] + h * p.st[i][1] : nullptr;
-  const KeyMap<T> km{base[KPRE],    base[VPRE],    base[K],       base[V],       base[KSUF], base[VSUF],
-                     p.st[KPRE][2], p.st[VPRE][2], p.st[K][2],    p.st[V][2],    p.st[KSUF][2],
-                     p.st[VSUF][2], len,           p.b};
-
-  // This split's tiles [t_begin, t_end) of the row's ceil(Lk / TK): an even share, maybe none.
-  const int64_t tiles = (Lk + TK - 1) / TK;
-  const int64_t per_split = (tiles + p.num_splits - 1) / p.num_splits;
-  const int64_t t_begin = split * per_split, t_end = min(t_begin + per_split, tiles);
-
-  const T* qb = base[Q] + q0 * p.st[Q][2];
-  const int64_t q_st = p.st[Q][2];
+  const CtaView<T> cta = cta_view<T>(p);  // this CTA's queries, keys and share of the key tiles
+  const KeyMap<T>& km = cta.keys;
+  const int64_t Lk = cta.Lk, t_begin = cta.t_begin, t_end = cta.t_end;
+  const int nq = cta.nq;
   const float scale = 1.f / sqrtf((float)D);  // IEEE sqrt and division (not rsqrtf), as the CPU op
-  stage<T, D, VEC, BQ, D>(&Qs[0][0], [&](int i) { return i < nq ? qb + i * q_st : nullptr; }, scale);
+  stage<T, D, VEC, BQ, D>(&Qs[0][0], [&](int i) { return i < nq ? cta.q + i * cta.q_st : nullptr; }, scale);
 
   float o[RW][DPL] = {};  // O for the warp's rows, dims lane * DPL .. + DPL
   float m[RW], l[RW];     // running max and sum per row (the same in every lane)
@@ -285,13 +205,13 @@ __global__ void __launch_bounds__(NT) attention_fwd(const Params p) {
 #pragma unroll
   for (int i = 0; i < RW; ++i) {
     if (row0 + i >= nq) break;  // padding rows of the last query tile (warp-uniform)
-    const int64_t row = bh * p.b + q0 + row0 + i;
+    const int64_t row = cta.bh * p.b + cta.q0 + row0 + i;
     if (p.num_splits == 1) {
       T* out = static_cast<T*>(p.out) + row * D + lane * DPL;
 #pragma unroll
       for (int e = 0; e < DPL; ++e) out[e] = from_float<T>(o[i][e] / l[i]);
     } else {
-      const int64_t prow = split * (p.B * p.H * p.b) + row;  // O = 0, m = -inf, l = 0 if empty
+      const int64_t prow = blockIdx.y * (p.B * p.H * p.b) + row;  // O = 0, m = -inf, l = 0 if empty
       float* op = p.o_part + prow * D + lane * DPL;
 #pragma unroll
       for (int e = 0; e < DPL; ++e) op[e] = o[i][e];
@@ -315,84 +235,102 @@ __global__ void __launch_bounds__(NT) attention_combine(const float* __restrict_
   const float L = warp_sum(w * ml.y);  // sum_s e^(m_s - M) l_s
   for (int d = lane; d < D; d += 32) {  // D is a multiple of 32: every lane runs every pass
     float acc = 0.f;
-    for (int s = 0; s < num_splits; ++s) acc += __shfl_sync(FULL, w, s) * o_part[(s * rows + row) * D + d];
+    for (int s = 0; s < num_splits; ++s) acc += __shfl_sync(FULL_MASK, w, s) * o_part[(s * rows + row) * D + d];
     out[row * D + d] = from_float<T>(acc / L);
   }
 }
 
-template <typename T, int D>
-void launch_tiles(const Params& p, bool vec, cudaStream_t stream) {
-  const int64_t q_tiles = (p.b + Tile<D>::BQ - 1) / Tile<D>::BQ;
+template <int D>
+void launch_fp32(const Params& p, bool vec, cudaStream_t stream) {
+  const int64_t q_tiles = (p.b + p.BQ - 1) / p.BQ;
   const dim3 grid((unsigned)(p.B * p.H * q_tiles), (unsigned)p.num_splits);
   if (vec)
-    attention_fwd<T, D, true><<<grid, NT, 0, stream>>>(p);
+    attention_fwd<float, D, true><<<grid, NT, 0, stream>>>(p);
   else
-    attention_fwd<T, D, false><<<grid, NT, 0, stream>>>(p);
-  if (p.num_splits > 1) {
-    const int64_t rows = p.B * p.H * p.b;
-    attention_combine<T><<<(unsigned)((rows + NWARPS - 1) / NWARPS), NT, 0, stream>>>(
-        p.o_part, p.ml_part, static_cast<T*>(p.out), rows, D, p.num_splits);
-  }
+    attention_fwd<float, D, false><<<grid, NT, 0, stream>>>(p);
 }
 
 template <typename T>
-void launch_typed(const Params& p, int64_t D, bool vec, cudaStream_t stream) {
-  if (D == 32) launch_tiles<T, 32>(p, vec, stream);
-  else if (D == 64) launch_tiles<T, 64>(p, vec, stream);
-  else launch_tiles<T, 128>(p, vec, stream);
+void launch_combine(const Params& p, int D, cudaStream_t stream) {
+  const int64_t rows = p.B * p.H * p.b;
+  attention_combine<T><<<(unsigned)((rows + NWARPS - 1) / NWARPS), NT, 0, stream>>>(p.o_part, p.ml_part,
+                                                                                      static_cast<T*>(p.out), rows, D,
+                                                                                      p.num_splits);
 }
 
 }  // namespace
 
-// -- host functions called by the torch glue (csrc/attention_cuda.cpp) with checked arguments.
+// -- host functions called by the torch glue (attention_cuda_glue.cpp) with checked arguments.
 
-// Splits of each row's keys: 1 when B H q_tiles CTAs already give every SM two, else enough
-// splits for that, at most MAX_SPLITS and at most one per MIN_TILES_PER_SPLIT tiles of the
-// longest row (max_keys = Lc + b + Ls). D in {32, 64, 128}.
-int block_attention_num_splits(int64_t B, int64_t H, int64_t b, int64_t D, int64_t max_keys, int num_sms) {
-  const int BQ = D == 128 ? Tile<128>::BQ : D == 64 ? Tile<64>::BQ : Tile<32>::BQ;
-  const int TK = D == 128 ? Tile<128>::TK : D == 64 ? Tile<64>::TK : Tile<32>::TK;
-  const int64_t ctas = B * H * ((b + BQ - 1) / BQ), want = 2 * (int64_t)num_sms;
-  if (ctas <= 0 || ctas >= want) return 1;
-  int64_t splits = (want + ctas - 1) / ctas;
-  const int64_t tiles = (max_keys + TK - 1) / TK;
-  splits = splits < MAX_SPLITS ? splits : MAX_SPLITS;
-  const int64_t by_tiles = (tiles + MIN_TILES_PER_SPLIT - 1) / MIN_TILES_PER_SPLIT;
-  splits = splits < by_tiles ? splits : by_tiles;
-  return splits > 1 ? (int)splits : 1;
+// fp32: the CUDA-core kernel with Tile<D>; bf16 / fp16: the tensor-core kernel with one warp per
+// 16 queries (at most 4, or 2 at D = 128, which keeps its shared memory under 48 KB).
+// Splits: 1 when the CTAs already give every SM two, else enough for that, at most MAX_SPLITS
+// and at most one per MIN_TILES_PER_SPLIT tiles of the longest row (Lc + b + Ls keys).
+AttentionPlan block_attention_cuda_plan(const AttentionCudaArgs& a) {
+  AttentionPlan plan{};
+  const int D = (int)a.D;
+  plan.tensor_cores = a.dtype != F32;
+  if (plan.tensor_cores) {
+    const int max_warps = D <= 64 ? 4 : 2;
+    plan.warps = (int)std::min<int64_t>(max_warps, (a.b + 15) / 16);
+    plan.BQ = 16 * plan.warps;
+    plan.TK = mma_keys_per_tile(D);
+  } else {
+    plan.warps = NWARPS;
+    plan.BQ = D == 128 ? Tile<128>::BQ : D == 64 ? Tile<64>::BQ : Tile<32>::BQ;
+    plan.TK = D == 128 ? Tile<128>::TK : D == 64 ? Tile<64>::TK : Tile<32>::TK;
+  }
+  const int64_t elem = a.dtype == F32 ? 4 : 2, chunk = 16 / elem;
+  plan.vec = true;  // 16-byte loads: every base 16-byte aligned and every stride whole chunks
+  for (int i = 0; i < 7; ++i) {
+    if (a.in[i] == nullptr) continue;
+    if (reinterpret_cast<uintptr_t>(a.in[i]) % 16 != 0) plan.vec = false;
+    for (int d = 0; d < 3; ++d)
+      if (a.strides[i][d] % chunk != 0) plan.vec = false;
+  }
+  const int64_t ctas = a.B * a.H * ((a.b + plan.BQ - 1) / plan.BQ), want = 2 * (int64_t)a.num_sms;
+  int64_t splits = 1;
+  if (ctas > 0 && ctas < want) {
+    const int64_t tiles = (a.Lc + a.b + a.Ls + plan.TK - 1) / plan.TK;
+    splits = std::min<int64_t>({(want + ctas - 1) / ctas, MAX_SPLITS, (tiles + MIN_TILES_PER_SPLIT - 1) / MIN_TILES_PER_SPLIT});
+    splits = std::max<int64_t>(splits, 1);
+  }
+  plan.num_splits = (int)splits;
+  // split partials: O (splits, B H b, D) then (m, l) (splits, B H b, 2), fp32
+  plan.workspace_bytes = splits > 1 ? splits * a.B * a.H * a.b * (a.D + 2) * (int64_t)sizeof(float) : 0;
+  return plan;
 }
 
-// dtype: 0 float32, 1 bfloat16, 2 float16. D in {32, 64, 128}. tensors[7]: q, k, v, k_prefix,
-// v_prefix, k_suffix, v_suffix (absent ones nullptr, with Lc or Ls 0); strides[21]: their element
-// strides in dims 0, 1, 2, three per tensor in the same order (dim 3 has stride 1).
-// prefix_len: (B,) int64 on the device, or nullptr. out: (B, H, b, D) contiguous, q's dtype.
-// num_splits: from block_attention_num_splits (1 .. MAX_SPLITS). scratch (num_splits > 1 only):
-// num_splits * B * H * b * (D + 2) floats, O then (m, l). Launches on stream; no host sync.
-void launch_block_attention(int dtype, int64_t B, int64_t H, int64_t b, int64_t D, int64_t Lc, int64_t Ls,
-                            const void* const tensors[7], const int64_t strides[21], const int64_t* prefix_len,
-                            void* out, float* scratch, int num_splits, cudaStream_t stream) {
-  if (B * H == 0) return;  // nothing to compute (b >= 1 is checked)
+void block_attention_cuda(const AttentionCudaArgs& a, const AttentionPlan& plan, void* workspace,
+                          cudaStream_t stream) {
+  if (a.B * a.H == 0) return;  // nothing to compute (b >= 1 is checked)
   Params p;
-  const int64_t elem = dtype == 0 ? 4 : 2, chunk = 16 / elem;
-  bool vec = true;  // 16-byte loads: every base 16-byte aligned and every stride whole chunks
   for (int i = 0; i < 7; ++i) {
-    p.in[i] = tensors[i];
-    for (int d = 0; d < 3; ++d) {
-      p.st[i][d] = strides[3 * i + d];
-      if (tensors[i] != nullptr && p.st[i][d] % chunk != 0) vec = false;
-    }
-    if (reinterpret_cast<uintptr_t>(tensors[i]) % 16 != 0) vec = false;
+    p.in[i] = a.in[i];
+    for (int d = 0; d < 3; ++d) p.st[i][d] = a.strides[i][d];
   }
-  const int64_t rows = B * H * b;
-  p.prefix_len = prefix_len;
-  p.out = out;
-  p.o_part = num_splits > 1 ? scratch : nullptr;
-  p.ml_part = num_splits > 1 ? reinterpret_cast<float2*>(scratch + num_splits * rows * D) : nullptr;
-  p.B = B, p.H = H, p.b = b, p.Lc = Lc, p.Ls = Ls;
-  p.num_splits = num_splits;
-  if (dtype == 0) launch_typed<float>(p, D, vec, stream);
-  else if (dtype == 1) launch_typed<__nv_bfloat16>(p, D, vec, stream);
-  else launch_typed<__half>(p, D, vec, stream);
+  const int64_t rows = a.B * a.H * a.b;
+  p.prefix_len = a.prefix_len;
+  p.out = a.out;
+  p.o_part = plan.num_splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  p.ml_part = plan.num_splits > 1 ? reinterpret_cast<float2*>(static_cast<float*>(workspace) + plan.num_splits * rows * a.D)
+                                  : nullptr;
+  p.B = a.B, p.H = a.H, p.b = a.b, p.Lc = a.Lc, p.Ls = a.Ls;
+  p.num_splits = plan.num_splits, p.BQ = plan.BQ, p.TK = plan.TK;
+  const int D = (int)a.D;
+  if (plan.tensor_cores) {
+    launch_attention_mma(p, a.dtype, D, plan.vec, plan.warps, stream);
+  } else if (D == 32) {
+    launch_fp32<32>(p, plan.vec, stream);
+  } else if (D == 64) {
+    launch_fp32<64>(p, plan.vec, stream);
+  } else {
+    launch_fp32<128>(p, plan.vec, stream);
+  }
+  if (plan.num_splits == 1) return;
+  if (a.dtype == F32) launch_combine<float>(p, D, stream);
+  else if (a.dtype == BF16) launch_combine<__nv_bfloat16>(p, D, stream);
+  else launch_combine<__half>(p, D, stream);
 }
 
 }  // namespace mini_dlm

@@ -1,14 +1,13 @@
-// The argument checks both unmask backends share (unmask_cpu.cpp, unmask_cuda.cpp). Uses torch
-// headers, so only .cpp files include it; the torch-free .cu kernel has its own enums.
+// The argument checks both unmask backends share (unmask_cpu.cpp, unmask_cuda_glue.cpp). Uses
+// torch headers, so only .cpp files include it.
 #pragma once
 #include <torch/types.h>
 
 #include <cmath>
 
-namespace mini_dlm {
+#include "unmask.h"
 
-enum Kind { LOW_CONFIDENCE = 0, MARGIN = 1, ENTROPY = 2, RANDOM = 3 };
-enum Rule { SCHEDULE = 0, THRESHOLD = 1, FACTOR = 2 };
+namespace mini_dlm {
 
 struct UnmaskArgs {
   int64_t B, L, V;

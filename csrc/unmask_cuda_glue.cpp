@@ -1,75 +1,61 @@
-// Torch glue for the CUDA unmask (csrc/unmask_cuda.cu): checks, scratch buffers, the current
-// stream, and the CUDA registration. Built only in CUDA builds (setup.py); the kernels
-// themselves stay torch-free.
-//
-// STATUS: untested draft, like unmask_cuda.cu: syntax-checked with g++ against torch's headers
-// only. setup.py builds it whenever torch sees a GPU; it must pass tests/test_ext.py and
-// compute-sanitizer on a GPU before anyone relies on it.
+// Torch glue for the CUDA unmask (csrc/unmask_cuda.cu): argument checks, the workspace, the
+// current stream, and the CUDA registration. Built only in CUDA builds (setup.py). Reads no
+// tensor value and copies nothing to the device, so a sampler step can be captured in a CUDA
+// graph; value preconditions are device-side asserts in the kernels.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "unmask_args.h"
+#include "unmask_cuda.h"
 
 namespace mini_dlm {
 
-void launch_unmask_scan(const void* logits, int dtype, int64_t B, int64_t L, int64_t V, int64_t stride_b,
-                        int64_t stride_i, const bool* eligible, const uint32_t* banned, int kind, double temperature,
-                        uint64_t seed, int64_t* x0, double* conf, int* empty_row, cudaStream_t stream);
-void launch_unmask_select(int64_t B, int64_t L, int64_t* tokens, int64_t tok_sb, int64_t tok_si, bool* eligible,
-                          const int64_t* x0, const double* conf, const double* scores, int kind, int rule,
-                          const int64_t* k, double tau, double factor, int32_t* order, int64_t* count,
-                          cudaStream_t stream);
-
-at::Tensor unmask_cuda(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& eligible, at::IntArrayRef banned,
-                       const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
-                       c10::string_view kind_name, const c10::optional<at::Tensor>& scores, double temperature,
-                       int64_t seed) {
+at::Tensor unmask_cuda_op(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& eligible, at::IntArrayRef banned,
+                          const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
+                          c10::string_view kind_name, const c10::optional<at::Tensor>& scores, double temperature,
+                          int64_t seed) {
   const UnmaskArgs a = check_unmask_args(logits, tokens, eligible, banned, k, tau, factor, rule, kind_name, scores);
-  TORCH_CHECK(logits.is_cuda(), "unmask_cuda: logits must be on a CUDA device");
+  TORCH_CHECK(logits.is_cuda(), "unmask (CUDA): logits must be on a CUDA device");
   const auto dt = logits.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
-              "unmask_cuda: logits must be float32, bfloat16 or float16, got ", dt);
-  TORCH_CHECK(eligible.is_contiguous(), "unmask_cuda: eligible must be contiguous (it is written in place)");
-  const int64_t B = a.B, L = a.L, V = a.V;
-  const int kind = a.kind, rule_code = a.rule;
+              "unmask (CUDA): logits must be float32, bfloat16 or float16 (mini_dlm.ops runs the reference for "
+              "float64), got ", dt);
+  TORCH_CHECK(a.V < INT_MAX && a.L < INT_MAX, "unmask (CUDA): L and V must be below 2^31");
+  std::vector<int64_t> ids(banned.begin(), banned.end());
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  TORCH_CHECK(ids.size() <= static_cast<size_t>(kMaxBannedCuda), "unmask (CUDA): at most ", kMaxBannedCuda,
+              " banned ids (mini_dlm.ops runs the reference for more), got ", ids.size());
 
-  std::vector<int32_t> bits((V + 31) / 32, 0);  // the banned ids as a bit set, copied to the device
-  for (int64_t id : banned) bits[id >> 5] |= static_cast<int32_t>(1u << (id & 31));
   const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto on_device = [&](at::ScalarType t) { return logits.options().dtype(t); };
-  const at::Tensor banned_bits =
-      at::from_blob(bits.data(), {static_cast<int64_t>(bits.size())}, at::kInt).to(logits.device());
-  at::Tensor x0 = at::empty({B * L}, on_device(at::kLong));
-  at::Tensor conf = at::empty({B * L}, on_device(at::kDouble));
-  at::Tensor order = at::empty({B * L}, on_device(at::kInt));
-  at::Tensor count = at::empty({B}, on_device(at::kLong));
-  at::Tensor empty_row = at::zeros({1}, on_device(at::kInt));
-  const at::Tensor k_c = rule_code == SCHEDULE ? k->contiguous() : at::Tensor();
-  const at::Tensor scores_c = kind == RANDOM ? scores->contiguous() : at::Tensor();
-
-  launch_unmask_scan(logits.data_ptr(), dt == at::kFloat ? 0 : dt == at::kBFloat16 ? 1 : 2, B, L, V,
-                     logits.stride(0), logits.stride(1), eligible.data_ptr<bool>(),
-                     reinterpret_cast<const uint32_t*>(banned_bits.data_ptr<int32_t>()), kind, temperature,
-                     static_cast<uint64_t>(seed), x0.data_ptr<int64_t>(), conf.data_ptr<double>(),
-                     empty_row.data_ptr<int>(), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  // one host sync: an all -inf eligible row is a caller error the CPU path reports too
-  TORCH_CHECK(empty_row.item<int>() == 0, "unmask: an eligible position has no finite logit outside the banned ids");
-  launch_unmask_select(B, L, tokens.data_ptr<int64_t>(), tokens.stride(0), tokens.stride(1), eligible.data_ptr<bool>(),
-                       x0.data_ptr<int64_t>(), conf.data_ptr<double>(),
-                       kind == RANDOM ? scores_c.data_ptr<double>() : nullptr, kind, rule_code,
-                       rule_code == SCHEDULE ? k_c.data_ptr<int64_t>() : nullptr, tau, factor, order.data_ptr<int32_t>(),
-                       count.data_ptr<int64_t>(), stream);
+  UnmaskCudaArgs c{};
+  c.dtype = dt == at::kFloat ? 0 : dt == at::kBFloat16 ? 1 : 2;
+  c.B = a.B, c.L = a.L, c.V = a.V;
+  c.logits = logits.data_ptr(), c.logits_sb = logits.stride(0), c.logits_si = logits.stride(1);
+  c.tokens = tokens.data_ptr<int64_t>(), c.tokens_sb = tokens.stride(0), c.tokens_si = tokens.stride(1);
+  c.eligible = eligible.data_ptr<bool>(), c.eligible_sb = eligible.stride(0), c.eligible_si = eligible.stride(1);
+  c.n_banned = static_cast<int>(ids.size());
+  for (size_t j = 0; j < ids.size(); ++j) c.banned[j] = static_cast<int>(ids[j]);
+  c.kind = a.kind, c.rule = a.rule;
+  if (a.rule == SCHEDULE) c.k = k->data_ptr<int64_t>(), c.k_s = k->stride(0);
+  c.tau = tau, c.factor = factor;
+  if (a.kind == RANDOM) c.scores = scores->data_ptr<double>(), c.scores_sb = scores->stride(0), c.scores_si = scores->stride(1);
+  c.temperature = temperature, c.seed = static_cast<uint64_t>(seed);
+  at::Tensor count = at::empty({a.B}, tokens.options());
+  at::Tensor workspace = at::empty({unmask_cuda_workspace_bytes(a.B, a.L)}, logits.options().dtype(at::kByte));
+  c.count = count.data_ptr<int64_t>(), c.workspace = workspace.data_ptr();
+  unmask_cuda(c, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return count;
 }
 
-TORCH_LIBRARY_IMPL(mini_dlm, CUDA, m) { m.impl("unmask", &unmask_cuda); }
+TORCH_LIBRARY_IMPL(mini_dlm, CUDA, m) { m.impl("unmask", &unmask_cuda_op); }
 
 }  // namespace mini_dlm

@@ -11,6 +11,7 @@ import torch
 import sample
 import train_tiny
 from conftest import ROOT
+from mini_dlm import ops
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import run
 
@@ -249,4 +250,13 @@ def test_backends_give_the_same_text(trained, capsys):
                      "--block-len", "8", "--threshold", "0.3", "--temperature", "0.7", "--backend", backend])
         out = capsys.readouterr().out
         texts.append(out[out.index("--- sample"):out.index("--- forward passes")])
+        ran = "ext" if backend == "auto" and ops.HAS_EXT else "torch"  # the stats line names what ran
+        assert f"tokens/s | ops unmask {ran}\n" in out, out
     assert texts[0] == texts[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+@pytest.mark.parametrize("backend", ["ext", "auto"])
+def test_cuda_without_a_gpu_is_one_line(trained, capsys, backend):
+    fails_cleanly(sample.main, ["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cuda", "--backend", backend],
+                  capsys, "no CUDA GPU is available")

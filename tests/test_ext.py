@@ -1,9 +1,11 @@
 """The compiled ops (csrc/) against their PyTorch reference.  python -m pytest -q tests/test_ext.py
 
 Skipped as a whole when mini_dlm._C is not built. The fuzz asks for exact agreement on the
-selected positions, the tokens written and the counts (random inputs have no near-ties)."""
+selected positions, the tokens written and the counts. Tests parametrized over DEVICES run the
+CPU kernel here and the CUDA kernel too on a GPU; tests/test_ext_cuda.py has the GPU-only ones."""
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -13,6 +15,9 @@ from mini_dlm import ops
 pytestmark = pytest.mark.skipif(not ops.HAS_EXT, reason="mini_dlm._C is not built")
 
 INF = float("inf")
+CUDA = torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))
+NO_CUDA = "no GPU, or mini_dlm._C built without its CUDA kernels"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason=NO_CUDA))]
 
 
 def ext_unmask(logits, tokens, eligible, banned, k=None, tau=None, factor=None, kind="low_confidence",
@@ -75,8 +80,7 @@ def ext_unmask_public(*args, **kwargs):
         ops.set_backend("auto")
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not (torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))), reason="no CUDA unmask"))])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["low_confidence", "margin"])
 def test_unmask_tau_one_on_near_certain_rows(device, kind):
     """Every row leads by 20 nats: c = 1 - 39 e^-20 < 1 in float64, but exactly 1.0 in fp32.
@@ -88,6 +92,40 @@ def test_unmask_tau_one_on_near_certain_rows(device, kind):
     n_ref = ops.unmask_reference(logits, tokens.clone(), eligible.clone(), tau=1.0, kind=kind, banned=[39])
     n_ext = ext_unmask(logits.to(device), tokens.to(device), eligible.to(device), [39], tau=1.0, kind=kind)
     assert n_ref.tolist() == [1, 1] and n_ext.tolist() == [1, 1]
+
+
+HAS_CUDA_KERNELS = ops.has_kernel("unmask", torch.device("cuda"))
+
+
+@pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="mini_dlm._C has no CUDA kernels (a CPU build)")
+def test_auto_runs_the_reference_on_cuda_until_the_kernels_are_validated():
+    """Deciding needs no GPU, only a build with CUDA kernels (CI builds one against torch's CUDA
+    build): auto takes them only once ops.CUDA_VALIDATED, ext always."""
+    cuda = torch.device("cuda")
+    try:
+        ops.set_backend("auto")
+        assert ops.use_ext("unmask", cuda) == ops.use_ext("block_attention", cuda) == ops.CUDA_VALIDATED
+        assert ops.describe_backend("unmask", cuda) == ("ext" if ops.CUDA_VALIDATED else
+                                                       "torch (the CUDA kernels are not yet validated on a GPU; "
+                                                       "--backend ext runs them)")
+        ops.set_backend("ext")
+        assert ops.use_ext("unmask", cuda) and ops.use_ext("block_attention", cuda)
+    finally:
+        ops.set_backend("auto")
+
+
+@pytest.mark.skipif(HAS_CUDA_KERNELS, reason="mini_dlm._C has CUDA kernels")
+def test_backend_ext_without_cuda_kernels_says_why():
+    """A build without CUDA kernels: 'ext' on a CUDA device is one error that names the reason
+    setup.py recorded (here: torch is a CPU build, or no GPU was seen at install)."""
+    why = ops._build_info().get("why")
+    assert why  # setup.py wrote it
+    try:
+        ops.set_backend("ext")
+        with pytest.raises(ValueError, match=re.escape(f"no unmask kernel for cuda (built without its CUDA kernels: {why})")):
+            ops.use_ext("unmask", torch.device("cuda"))
+    finally:
+        ops.set_backend("auto")
 
 
 def test_public_unmask_dispatches_and_the_switch_forces_the_reference():
@@ -190,6 +228,9 @@ ATTENTION_SHAPES = [  # B, H, b, D, Lc, Ls
     (1, 1, 1, 8, None, None), (2, 3, 1, 16, 5, None), (3, 2, 7, 24, 0, 3), (2, 2, 32, 32, 100, None),
     (1, 4, 33, 64, 70, 65), (2, 1, 40, 128, 129, 0), (4, 2, 5, 40, None, 9), (2, 2, 64, 64, 1, 1)]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 1e-3}
+# CUDA: bf16 / fp16 run on tensor cores, where P is rounded to the input dtype before P V (as in
+# FlashAttention): one more rounding than the CPU kernel's fp32 P.
+TOL_CUDA = {torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 @pytest.mark.parametrize("B, H, b, D, Lc, Ls", ATTENTION_SHAPES)
@@ -258,55 +299,126 @@ def test_torch_compile_fullgraph_traces_a_cached_sampler_step():
     assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2) and (n1 > 0).all()
 
 
-CUDA = torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))
-NO_CUDA = "no GPU, or mini_dlm._C built without CUDA (USE_CUDA=0 or no CUDA_HOME at install)"
 
 
-@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
-@pytest.mark.parametrize("B, L, V", SHAPES + [(8, 256, 32768)])
+# ---- inputs kernels get wrong: unaligned rows, a GPT-2 vocabulary, odd strides, near-ties ----
+
+def unmask_both(logits, tokens, eligible, banned, mode, kind="low_confidence", scores=None, temperature=0.0,
+                seed=0):
+    """The reference on CPU copies, then the compiled op on the given tensors (any device, any
+    strides, updated in place). -> (reference (tokens, eligible, counts), op's, on the CPU)."""
+    cpu = {key: (val.cpu() if torch.is_tensor(val) else val) for key, val in mode.items()}
+    t1, e1 = tokens.cpu().clone(), eligible.cpu().clone()
+    n1 = ops.unmask_reference(logits.cpu(), t1, e1, kind=kind, scores=None if scores is None else scores.cpu(),
+                              temperature=temperature, seed=seed, banned=banned, **cpu)
+    n2 = ext_unmask(logits, tokens, eligible, banned, kind=kind, scores=scores, temperature=temperature, seed=seed,
+                    **mode)
+    return (t1, e1, n1), (tokens.cpu(), eligible.cpu(), n2.cpu())
+
+
+def assert_same(ref, got, what):
+    for a, b, name in zip(ref, got, ("tokens", "eligible", "counts")):
+        assert torch.equal(a, b), f"{name} differ: {what}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_unmask_cuda_matches_reference(B, L, V, dtype):
-    for trial, (kind, rule, p, temperature) in enumerate(itertools.product(
-            ops.KINDS, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):
-        logits, tokens, eligible, scores = case(trial, B, L, V, dtype, p)
-        mode = [{"k": torch.randint(0, L + 2, (B,))}, {"tau": [0.3, 1.0][trial % 2]}, {"factor": 1.5}][rule]
-        t1, e1 = tokens.clone(), eligible.clone()
-        n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, seed=trial,
-                                  banned=[V - 1], **mode)
-        cuda_mode = {key: (val.cuda() if torch.is_tensor(val) else val) for key, val in mode.items()}
-        t2, e2 = tokens.cuda(), eligible.cuda()
-        n2 = ext_unmask(logits.cuda(), t2, e2, [V - 1], kind=kind, scores=scores.cuda(), temperature=temperature,
-                        seed=trial, **cuda_mode)
-        assert torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu()), (kind, mode)
+def test_unmask_unaligned_rows_of_a_gpt2_vocabulary(device, dtype):
+    """V = 50257 (GPT-2's vocabulary, so rows start at every alignment) in a tensor whose storage
+    starts one element in: no row begins where a 16-byte load wants it. Banned ids sit at the
+    start, inside and at the end of the rows, and some rows would pick them if they were not
+    banned. Every kind x rule x temperature."""
+    B, L, V = 2, 6, 50257
+    g = torch.Generator().manual_seed(0)
+    flat = (torch.randn(B * L * V + 1, generator=g) * 3).to(dtype)
+    banned = [V - 1, 0, 5, 4097, 25000]
+    rows = flat[1:].view(B, L, V)
+    rows[0, :3, 4097] = 30.0  # the best logit of these rows is banned
+    rows[1, 2:, 5] = 30.0
+    logits = flat.to(device)[1:].view(B, L, V)
+    assert logits.storage_offset() == 1
+    for trial, (kind, mode, temperature) in enumerate(itertools.product(
+            ops.KINDS, [{"k": torch.tensor([2, 4])}, {"tau": 0.5}, {"factor": 1.5}], [0.0, 1.0])):
+        eligible = torch.rand(B, L, generator=g) < 0.7
+        eligible[:, 1] = True
+        scores = torch.rand(B, L, dtype=torch.float64, generator=g)
+        ref, got = unmask_both(logits, torch.full((B, L), V - 1, device=device), eligible.to(device), banned,
+                               {key: (val.to(device) if torch.is_tensor(val) else val) for key, val in mode.items()},
+                               kind, scores.to(device), temperature, seed=trial)
+        assert_same(ref, got, (kind, mode, temperature))
+        assert not set(ref[0].flatten().tolist()) & set(banned[1:])  # (the test can see a banned pick)
 
 
-@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
-def test_unmask_cuda_opcheck():
-    logits, tokens, eligible, _ = case(1, 2, 9, 17, torch.float32, 0.6)
-    torch.library.opcheck(torch.ops.mini_dlm.unmask.default,
-                          (logits.cuda(), tokens.cuda(), eligible.cuda(), [16], None, 0.5, 0.0, "threshold",
-                           "margin", None, 0.7, 5))
+@pytest.mark.parametrize("device", DEVICES)
+def test_unmask_reads_and_writes_strided_tensors(device):
+    """tokens a slice of a wider canvas, eligible and scores transposed views, k every other
+    element: the op reads and writes them where they lie, and nothing around them."""
+    B, L, V = 3, 10, 37
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(B, L, V, generator=g) * 2).to(device)
+    for kind, mode in itertools.product(["low_confidence", "random"], ["k", "tau", "factor"]):
+        canvas = torch.zeros(B, L + 5, dtype=torch.long, device=device)
+        tokens = canvas[:, 3:L + 3]
+        tokens.fill_(V - 1)
+        eligible = (torch.rand(L, B, generator=g) < 0.8).to(device).t()  # strides (1, B)
+        scores = torch.rand(L, B, dtype=torch.float64, generator=g).to(device).t()
+        k = torch.tensor([3, 0, 1, 2, 9, 9], device=device)[::2]  # (3,), stride 2
+        arg = {"k": {"k": k}, "tau": {"tau": 0.4}, "factor": {"factor": 2.0}}[mode]
+        ref, got = unmask_both(logits, tokens, eligible, [V - 1], arg, kind, scores)
+        assert_same(ref, got, (kind, mode))
+        assert (canvas[:, :3] == 0).all() and (canvas[:, L + 3:] == 0).all()
 
 
-CUDA_ATTENTION = torch.cuda.is_available() and ops.has_kernel("block_attention", torch.device("cuda"))
+def bump(x, ulps):
+    """x (positive, any float dtype) moved up by `ulps` units in its last place: the integer
+    view of a positive float counts its representable values."""
+    ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[x.dtype]
+    return (x.view(ints) + ulps).view(x.dtype)
 
 
-@pytest.mark.skipif(not CUDA_ATTENTION, reason=NO_CUDA)
-@pytest.mark.parametrize("B, H, b, D, Lc, Ls", [s for s in ATTENTION_SHAPES if s[3] in ops.CUDA_HEAD_DIMS]
-                         + [(64, 12, 32, 64, 1024, None), (1, 2, 32, 128, 3000, 17), (2, 1, 100, 64, 0, 0)])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_block_attention_cuda_matches_reference(B, H, b, D, Lc, Ls, dtype):
-    """Includes a long prefix with B * H = 2 (split-KV) and a block longer than one query tile.
-    The CUDA inputs are built on the GPU: strided views with NaN in unused slots, as on the CPU."""
-    for trial in range(2):
-        want = ops.block_attention_reference(*attention_case(trial, B, H, b, D, Lc, Ls, dtype))
-        got = torch.ops.mini_dlm.block_attention(*attention_case(trial, B, H, b, D, Lc, Ls, dtype, device="cuda"))
-        assert got.dtype == dtype and got.shape == (B, H, b, D) and got.is_contiguous()
-        torch.testing.assert_close(got.cpu().double(), want.double(), rtol=TOL[dtype], atol=TOL[dtype])
+@pytest.mark.parametrize("kind", ops.KINDS)
+def test_unmask_near_ties_select_like_the_float64_reference(device, dtype, kind):
+    """Each batch row repeats 4 base rows: positions 0-3 and 4-7 are exact copies (ties, which go
+    to the lower position), and at positions 8-15 the runner-up logit moves up by about 1e-4 of
+    its value (1 ulp in bf16 and fp16, 1000 in fp32), so confidences differ by about 1e-5. The
+    CUDA kernel's exps are fp32 (about 1e-7 relative): gaps this small it must still order as
+    float64 does; gaps below ~1e-6 are beyond it (csrc/unmask_cuda.cu, "Precision")."""
+    B, L, V = 2, 16, 300
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(B, 4, V, generator=g)
+    base[:, :, 7] = 3.0 + torch.rand(B, 4, generator=g)  # the max
+    base[:, :, 9] = 2.0 + torch.rand(B, 4, generator=g)  # the runner-up, positive
+    logits = base.to(dtype).repeat(1, 4, 1)  # (B, 16, V): position i is base row i % 4
+    logits[:, 8:, 9] = bump(logits[:, 8:, 9].contiguous(), 1000 if dtype == torch.float32 else 1)
+    scores = torch.rand(B, 4, dtype=torch.float64, generator=g).repeat(1, 4)
+    scores[:, 8:] = torch.nextafter(scores[:, 8:], torch.tensor(2.0, dtype=torch.float64))
+    for mode in ({"k": torch.tensor([1, 5])}, {"k": torch.tensor([9, 15])}, {"tau": 0.5}, {"factor": 2.0}):
+        ref, got = unmask_both(logits.to(device), torch.full((B, L), V - 1, device=device),
+                               torch.ones(B, L, dtype=torch.bool, device=device), [V - 1],
+                               {key: (val.to(device) if torch.is_tensor(val) else val) for key, val in mode.items()},
+                               kind, scores.to(device))
+        assert_same(ref, got, mode)
 
 
-@pytest.mark.skipif(not CUDA_ATTENTION, reason=NO_CUDA)
-def test_block_attention_cuda_opcheck():
-    args = attention_case(0, 2, 2, 5, 64, 7, 3, torch.bfloat16, device="cuda")
-    torch.library.opcheck(torch.ops.mini_dlm.block_attention.default,
-                          tuple(None if t is None else t.contiguous() for t in args))
+def strided_rows(n, B, H, D, dtype, device, g):
+    """(B, H, n, D) whose rows are D + 1 elements apart in a storage that starts one element in:
+    no row is 16-byte aligned."""
+    buf = torch.randn(B * H * n * (D + 1) + 1, generator=g).to(dtype).to(device)
+    return buf[1:].as_strided((B, H, n, D), (H * n * (D + 1), n * (D + 1), D + 1, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [32, 64, 128])
+def test_block_attention_rows_with_odd_strides(device, dtype, D):
+    B, H, b, Lc, Ls = 2, 3, 20, 37, 5
+    g = torch.Generator().manual_seed(D)
+    q, k, v, kp, vp, ks, vs = (strided_rows(n, B, H, D, dtype, device, g) for n in (b, b, b, Lc, Lc, Ls, Ls))
+    plen = torch.tensor([37, 11], device=device)
+    args = (q, k, v, kp, vp, plen, ks, vs)
+    want = ops.block_attention_reference(*(t.cpu() for t in args))
+    got = torch.ops.mini_dlm.block_attention(*args)
+    tol = (TOL_CUDA if device == "cuda" else TOL)[dtype]
+    torch.testing.assert_close(got.cpu().double(), want.double(), rtol=tol, atol=tol)
