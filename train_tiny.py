@@ -6,6 +6,7 @@ Train a tiny masked diffusion LM (or its AR twin) on a text file.
         --batch-size 16 --max-iters 300 --eval-interval 100 --dropout 0   # ~1 minute on a 2-core CPU
     python train_tiny.py --objective ar --out-dir out-ar                  # the AR baseline
     python train_tiny.py --block-size 32 --out-dir out-bd3                # block diffusion (BD3-LM)
+    torchrun --nproc_per_node 8 train_tiny.py                             # DDP on 8 GPUs, same global batch
 
 Writes <out-dir>/ckpt.pt (weights, optimizer, config, tokenizer, step) atomically at every
 evaluation, at the end, and on Ctrl-C. --resume continues from it.
@@ -19,6 +20,7 @@ import time
 
 import torch
 
+from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
 from mini_dlm.cli import Parser, autocast, non_negative_float, non_negative_int, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
@@ -87,8 +89,19 @@ def lr_at(it, args):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    world = distributed.setup(resolve_device(args.device))  # torchrun: join the process group; else a world of one
+    try:
+        train(args, world)
+    finally:
+        world.close()
+
+
+def train(args, world):
+    if args.batch_size % world.size:  # every rank trains on an equal share of the global batch
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world.size}): "
+                         "each trains on an equal share of the global batch")
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    device = resolve_device(args.device)
+    device = world.device
 
     # -- model shape: from the flags, or from the checkpoint when resuming
     resumed = None
@@ -105,7 +118,8 @@ def main(argv=None):
                     dropout=args.dropout, objective=args.objective, block_size=args.block_size)  # validate the
         # flags before anything is read or written
 
-    # -- data: tokenizer + token ids, cached in out-dir
+    # -- data: tokenizer + token ids, cached in out-dir (under DDP every rank makes the same: BPE
+    # training is deterministic and the cache is written atomically)
     t0 = time.time()
     tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer,
                                                  args.doc_sep if args.docs else None)
@@ -129,13 +143,29 @@ def main(argv=None):
           f"({tok_kind}), ready in {time.time() - t0:.1f} s")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
           f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") + (f", resuming at step {start}" if resumed else ""))
+    share = args.batch_size // world.size
+    rows = slice(world.rank * share, (world.rank + 1) * share)  # this rank's rows of every batch
+    if world.ddp:
+        print(f"ddp: {world.size} processes, each trains on {share} of the {args.batch_size} rows of a batch")
 
-    torch.manual_seed(args.seed + start)  # masking noise; a resumed run draws fresh noise
-    batch_gen = torch.Generator().manual_seed(args.seed + start)
-    step_fn = torch.compile(model) if args.compile else model
+    # Randomness. Batches and masking noise are the same streams on every rank, and each rank
+    # keeps its rows of the global draw (get_batch below, loss_fn's shard): together the ranks
+    # train on exactly what one process would. Dropout must differ between ranks (or each would
+    # drop the same units of its rows), so under DDP the noise gets a generator of its own,
+    # seeded alike (the values one process draws), and the global stream a seed per rank.
+    seed = args.seed + start  # a resumed run draws fresh noise
+    torch.manual_seed(seed)  # masking noise and dropout
+    batch_gen = torch.Generator().manual_seed(seed)
+    noise_gen = None
+    if world.ddp:
+        noise_gen = torch.Generator(device).manual_seed(seed)
+        torch.manual_seed(seed + 1 + world.rank)  # dropout alone
+    step_fn = torch.compile(model) if args.compile else model  # evaluates (no DDP: no rank waits for another)
+    train_fn = world.wrap(step_fn)  # trains; under DDP it all-reduces the gradients
     amp = autocast(device)
     peak = next((f for name, f in PEAK_BF16.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
-    tokens_per_step = args.batch_size * cfg.seq_len
+    peak = peak and peak * world.size  # MFU over all the GPUs
+    tokens_per_step = args.batch_size * cfg.seq_len  # the global batch
 
     def do_eval(step):
         t = time.time()
@@ -145,9 +175,12 @@ def main(argv=None):
         print(f"eval step {step:05d} | {what} {v['nats']:.4f} nats/token | ppl {rel} {v['ppl']:.2f} | {time.time() - t:.1f} s")
         return v
 
+    # Every rank evaluates (the same weights and windows: the same figures, and the other ranks
+    # would only wait for rank 0 otherwise); rank 0 alone prints and saves, the unwrapped model.
     def save(step, val):
-        os.makedirs(args.out_dir, exist_ok=True)
-        save_checkpoint(ckpt_path, model, tokenizer, step, optimizer, train_config, val)
+        if world.master:
+            os.makedirs(args.out_dir, exist_ok=True)
+            save_checkpoint(ckpt_path, model, tokenizer, step, optimizer, train_config, val)
 
     step, val = start, None
     try:
@@ -158,9 +191,9 @@ def main(argv=None):
             lr = lr_at(step, args)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = get_batch(train_ids, args.batch_size, cfg.seq_len + 1, batch_gen, device)  # (B, T+1)
+            batch = get_batch(train_ids, args.batch_size, cfg.seq_len + 1, batch_gen, device)[rows]  # (B / ranks, T+1)
             with amp:
-                loss = loss_fn(step_fn, batch)
+                loss = loss_fn(train_fn, batch, noise_gen, (world.rank, world.size))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -168,7 +201,7 @@ def main(argv=None):
             optimizer.step()
             step += 1
             if step % args.log_interval == 0 or step == args.max_iters:
-                loss_val = loss.item()  # syncs the device
+                loss_val = world.mean(loss).item()  # the global batch's loss; syncs the device
                 dt = (time.time() - t_last) / (step - step_last)
                 t_last, step_last = time.time(), step
                 line = (f"step {step:05d}/{args.max_iters:05d} | loss {loss_val:.4f} | lr {lr:.2e} | "
@@ -182,7 +215,8 @@ def main(argv=None):
                 t_last = time.time()  # evaluation time is not training time
     except KeyboardInterrupt:
         save(step, val)
-        print(f"\ninterrupted: saved step {step} to {ckpt_path}", file=sys.stderr)
+        if world.master:
+            print(f"\ninterrupted: saved step {step} to {ckpt_path}", file=sys.stderr)
         sys.exit(130)
     if start >= args.max_iters:
         print(f"checkpoint is already at step {start} >= --max-iters {args.max_iters}; nothing to do")

@@ -9,4 +9,5 @@
     data.py       corpus reading, split, token cache, batches
     checkpoint.py atomic save, safe load
     cli.py        what the scripts share
+    distributed.py torchrun + DistributedDataParallel: process group, rank 0, gradient average
 """

@@ -37,11 +37,14 @@ def sample_t(batch_size, generator=None, device="cpu"):
     return (u + torch.arange(batch_size, device=device) / batch_size) % 1.0  # (B,)
 
 
-def forward_process(x0, t, mask_id, eps=EPS, generator=None):
+def forward_process(x0, t, mask_id, eps=EPS, generator=None, u=None):
     """x0 (B, L), t (B,) per row or (B, L) per token -> x_t (B, L) with tokens replaced by M
-    w.p. p; masked (B, L) bool; p = (1 - eps) t + eps, shaped like t."""
+    w.p. p; masked (B, L) bool; p = (1 - eps) t + eps, shaped like t. u: the uniforms (B, L)
+    that decide the masks (masked where u < p); drawn here when None."""
     p = (1 - eps) * t + eps  # (B,) or (B, L)
-    masked = torch.rand(x0.shape, generator=generator, device=x0.device) < (p[:, None] if p.dim() == 1 else p)
+    if u is None:
+        u = torch.rand(x0.shape, generator=generator, device=x0.device)
+    masked = u < (p[:, None] if p.dim() == 1 else p)
     x_t = torch.where(masked, torch.full_like(x0, mask_id), x0)
     return x_t, masked, p
 
@@ -82,9 +85,9 @@ def denoise(model, x_t, x0):
     return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos)[:, :L]
 
 
-def mdm_loss(model, x0, t, generator=None):
+def mdm_loss(model, x0, t, generator=None, u=None):
     """One training loss for the mask predictor: noise x0 at times t ((B,) or (B, L)), predict, ELBO."""
-    x_t, masked, p = forward_process(x0, t, model.config.mask_id, generator=generator)
+    x_t, masked, p = forward_process(x0, t, model.config.mask_id, generator=generator, u=u)
     return elbo_loss(denoise(model, x_t, x0), x0, masked, p)
 
 
@@ -94,18 +97,26 @@ def ar_loss(model, x):
     return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
 
 
-def loss_fn(model, batch, generator=None):
-    """The training loss of either objective on a batch of windows (B, seq_len + 1)."""
+def loss_fn(model, batch, generator=None, shard=(0, 1)):
+    """The training loss of either objective on a batch of windows (B, seq_len + 1).
+    shard = (rank, n) under DDP (train_tiny.py): batch is rows rank*B .. (rank+1)*B - 1 of a
+    global batch of n*B rows. The noise (t, masks) is drawn for the global batch and the same
+    rows kept, so n ranks together draw exactly what one process would. Each rank's loss is a
+    mean over its B rows (elbo_loss's 1 / (B * L), ar_loss's mean), so the mean over the ranks,
+    which DDP takes of the gradients, is the global batch's loss."""
     if model.config.objective == "ar":
         return ar_loss(model, batch)
     x0 = batch[:, :-1]
     B, L = x0.shape
+    rank, n = shard
+    rows = slice(rank * B, (rank + 1) * B)  # this shard's rows of the global draws
     b = model.config.block_size
-    if b:  # one t per block (BD3-LM), stratified over all B * L / b blocks, spread to its tokens
-        t = sample_t(B * (L // b), generator, x0.device).view(B, L // b).repeat_interleave(b, dim=1)  # (B, L)
+    if b:  # one t per block (BD3-LM), stratified over all n * B * L / b blocks, spread to its tokens
+        t = sample_t(n * B * (L // b), generator, x0.device).view(n * B, L // b)[rows].repeat_interleave(b, dim=1)  # (B, L)
     else:
-        t = sample_t(B, generator, x0.device)  # (B,)
-    return mdm_loss(model, x0, t, generator)
+        t = sample_t(n * B, generator, x0.device)[rows]  # (B,)
+    u = torch.rand((n * B, L), generator=generator, device=x0.device)[rows]  # (B, L): decides the masks
+    return mdm_loss(model, x0, t, generator, u)
 
 
 @torch.no_grad()
