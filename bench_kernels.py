@@ -4,6 +4,7 @@ time both and print a fixed table.
 
     python bench_kernels.py                 # the CPU kernels
     python bench_kernels.py --device cuda   # the CUDA kernels (CUDA events for timing)
+    python bench_kernels.py --device cuda --json kernels.json   # also write the rows as JSON
 
 Bytes each op must move, and GB/s = bytes / time:
   unmask           every eligible row of logits, once: rows_read * V * bytes_per_logit.
@@ -13,6 +14,8 @@ The %-of-peak column needs a measured copy bandwidth: the script measures one (a
 copy, read + write) on the same device and reports GB/s as a fraction of it. Attention is also
 timed against what one would write without the op: torch.cat of the cache + SDPA.
 """
+
+import json
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +29,14 @@ UNMASK_SHAPES = {  # (B, L, V, dtype, eligible rows per batch row: "all" or a bl
     "cpu": [(16, 256, 4096, F32, "all"), (16, 256, 4096, F32, 32), (4, 256, 2048, F32, "all"),
             (16, 256, 4096, BF16, "all")],
     "cuda": [(64, 256, 32768, BF16, "all"), (64, 256, 32768, BF16, 32), (16, 256, 32768, F32, "all"),
-             (1, 256, 32768, BF16, 32)],
+             (1, 256, 32768, BF16, 32), (64, 256, 50257, BF16, "all")],
 }
 ATTENTION_SHAPES = {  # (B, H, b, D, Lc, Ls, dtype): every prefix slot valid
     "cpu": [(1, 4, 32, 32, 288, 0, F32), (1, 4, 32, 32, 64, 192, F32), (1, 6, 32, 64, 512, 0, F32),
             (8, 12, 32, 64, 1024, 0, F32), (8, 12, 32, 64, 1024, 0, BF16), (8, 12, 32, 128, 1024, 0, F32)],
     "cuda": [(64, 12, 32, 64, 1024, 0, BF16), (64, 12, 32, 128, 1024, 0, BF16), (64, 12, 32, 64, 512, 480, BF16),
-             (1, 12, 32, 64, 1024, 0, BF16), (4, 6, 32, 64, 4096, 0, BF16), (64, 12, 32, 64, 1024, 0, F32)],
+             (1, 12, 32, 64, 1024, 0, BF16), (4, 6, 32, 64, 4096, 0, BF16), (64, 12, 32, 64, 1024, 0, torch.float16),
+             (64, 12, 32, 64, 1024, 0, F32)],
 }
 
 
@@ -40,6 +44,7 @@ def get_parser():
     p = Parser(description="Validate, then time the compiled ops against their PyTorch reference.")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to run")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per measurement (after 2 warm-up calls)")
+    p.add_argument("--json", metavar="FILE", help="also write every row as JSON (default: off)")
     return p
 
 
@@ -55,7 +60,7 @@ def unmask_case(B, L, V, dtype, eligible_rows, device):
     return logits, tokens.to(device), eligible.to(device)
 
 
-def bench_unmask(device, peak, repeats):
+def bench_unmask(device, peak, repeats, rows_out):
     print("\nunmask, threshold 0.9, low_confidence, temperature 0")
     print(f"{'B':>3} {'L':>4} {'V':>6} {'dtype':>9} {'rows':>5} {'ref us':>10} {'ext us':>10} {'GB/s':>8} "
           f"{'% copy':>7} {'speedup':>8}")
@@ -70,15 +75,20 @@ def bench_unmask(device, peak, repeats):
         ops.set_backend("auto")
         if not (torch.equal(t_ref, t_ext) and torch.equal(e_ref, e_ext) and torch.equal(n_ref, n_ext)):
             raise RuntimeError(f"unmask kernel disagrees with the reference at {(B, L, V, dtype, rows)}")
-        us_ref = 1e6 * timed(lambda: ops.unmask_reference(logits, tokens.clone(), eligible.clone(), **call),
-                             device, repeats)
+        # unmask writes its inputs: every timed call gets its own fresh copy, made before the clock runs
+        fresh = lambda: iter([(tokens.clone(), eligible.clone()) for _ in range(repeats + 2)])  # noqa: E731
+        inputs = fresh()
+        us_ref = 1e6 * timed(lambda: ops.unmask_reference(logits, *next(inputs), **call), device, repeats)
         ops.set_backend("ext")
-        us_ext = 1e6 * timed(lambda: ops.unmask(logits, tokens.clone(), eligible.clone(), **call), device, repeats)
+        inputs = fresh()
+        us_ext = 1e6 * timed(lambda: ops.unmask(logits, *next(inputs), **call), device, repeats)
         ops.set_backend("auto")
         n_rows = int(eligible.sum())
         gbs = n_rows * V * logits.element_size() / (us_ext * 1e-6) / 1e9
         print(f"{B:>3} {L:>4} {V:>6} {str(dtype).split('.')[-1]:>9} {n_rows:>5} {us_ref:>10.0f} {us_ext:>10.0f} "
               f"{gbs:>8.2f} {100 * gbs / peak:>6.1f}% {us_ref / us_ext:>7.2f}x")
+        rows_out.append(dict(op="unmask", B=B, L=L, V=V, dtype=str(dtype).split(".")[-1], rows=n_rows, ref_us=us_ref,
+                             ext_us=us_ext, gbs=gbs, pct_copy=100 * gbs / peak, speedup=us_ref / us_ext))
 
 
 def attention_case(B, H, b, D, Lc, Ls, dtype, device):
@@ -96,7 +106,7 @@ def cat_sdpa(q, k, v, kp, vp, plen, ks, vs):
     return F.scaled_dot_product_attention(q, K, V)
 
 
-def bench_attention(device, peak, repeats):
+def bench_attention(device, peak, repeats, rows_out):
     print("\nblock_attention, every prefix slot valid (cat+SDPA: torch.cat of the cache, then SDPA)")
     print(f"{'B':>3} {'H':>3} {'b':>3} {'D':>4} {'Lc':>5} {'Ls':>4} {'dtype':>9} {'ref us':>9} {'cat+SDPA':>9} "
           f"{'ext us':>9} {'GB/s':>8} {'% copy':>7} {'vs ref':>7} {'vs cat':>7}")
@@ -115,6 +125,9 @@ def bench_attention(device, peak, repeats):
         print(f"{B:>3} {H:>3} {b:>3} {D:>4} {Lc:>5} {Ls:>4} {str(dtype).split('.')[-1]:>9} {us_ref:>9.0f} "
               f"{us_cat:>9.0f} {us_ext:>9.0f} {gbs:>8.2f} {100 * gbs / peak:>6.1f}% {us_ref / us_ext:>6.2f}x "
               f"{us_cat / us_ext:>6.2f}x")
+        rows_out.append(dict(op="block_attention", B=B, H=H, b=b, D=D, Lc=Lc, Ls=Ls, dtype=str(dtype).split(".")[-1],
+                             ref_us=us_ref, cat_sdpa_us=us_cat, ext_us=us_ext, gbs=gbs, pct_copy=100 * gbs / peak,
+                             vs_ref=us_ref / us_ext, vs_cat=us_cat / us_ext))
 
 
 def main(argv=None):
@@ -127,9 +140,14 @@ def main(argv=None):
     name = device_name(device)
     peak = copy_bandwidth(device, args.repeats) / 1e9  # GB/s
     print(f"device: {device} ({name}), torch {torch.__version__}, measured copy bandwidth {peak:.1f} GB/s")
+    rows = []
     with torch.no_grad():
-        bench_unmask(device, peak, args.repeats)
-        bench_attention(device, peak, args.repeats)
+        bench_unmask(device, peak, args.repeats, rows)
+        bench_attention(device, peak, args.repeats, rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "copy_gbs": peak, "rows": rows}, f, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
