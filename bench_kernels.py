@@ -135,8 +135,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     missing = [op for op in ("unmask", "block_attention") if not ops.has_kernel(op, device)]
     if missing:
-        raise ValueError(f"mini_dlm._C has no {' / '.join(missing)} kernel for {device.type} "
-                         "(pip install --no-build-isolation -e .)")
+        why = ops.missing_kernel_reason(device) or "pip install --no-build-isolation -e ."
+        raise ValueError(f"mini_dlm._C has no {' / '.join(missing)} kernel for {device.type} ({why})")
     name = device_name(device)
     peak = copy_bandwidth(device, args.repeats) / 1e9  # GB/s
     print(f"device: {device} ({name}), torch {torch.__version__}, measured copy bandwidth {peak:.1f} GB/s")
