@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(NT) attention_fwd(const __grid_constant__ Para
   __shared__ __align__(16) float Ps[BQ][TK];  // P of the tile, each warp its own rows
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const CtaView<T> cta = cta_view<T>(p);  // this CTA's queries, keys and share of the key tiles
+  const CtaView<T> cta = cta_view<T>(p, BQ, TK);  // this CTA's queries, keys and share of the key tiles
   const KeyMap<T>& km = cta.keys;
   const int64_t Lk = cta.Lk, t_begin = cta.t_begin, t_end = cta.t_end;
   const int nq = cta.nq;

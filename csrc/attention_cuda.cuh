@@ -47,13 +47,14 @@ struct CtaView {
   KeyMap<T> keys;
 };
 
+// BQ, TK: the kernel's tile sizes (p.BQ, p.TK; compile-time constants where the kernel has them)
 template <typename T>
-__device__ __forceinline__ CtaView<T> cta_view(const Params& p) {
-  const int64_t q_tiles = (p.b + p.BQ - 1) / p.BQ;
+__device__ __forceinline__ CtaView<T> cta_view(const Params& p, int BQ, int TK) {
+  const int64_t q_tiles = (p.b + BQ - 1) / BQ;
   CtaView<T> c;
   c.bh = (int64_t)blockIdx.x / q_tiles;
-  c.q0 = (int64_t)blockIdx.x % q_tiles * p.BQ;
-  c.nq = (int)min((int64_t)p.BQ, p.b - c.q0);
+  c.q0 = (int64_t)blockIdx.x % q_tiles * BQ;
+  c.nq = (int)min((int64_t)BQ, p.b - c.q0);
   const int64_t r = c.bh / p.H, h = c.bh % p.H;
   const int64_t len = p.prefix_len != nullptr ? p.prefix_len[r] : 0;
   MD_DEVICE_CHECK(0 <= len && len <= p.Lc && "block_attention: prefix_len outside [0, Lc]");
@@ -65,7 +66,7 @@ __device__ __forceinline__ CtaView<T> cta_view(const Params& p) {
   c.keys = KeyMap<T>{base[KPRE],    base[VPRE],    base[K],       base[V],    base[KSUF],
                      base[VSUF],    p.st[KPRE][2], p.st[VPRE][2], p.st[K][2], p.st[V][2],
                      p.st[KSUF][2], p.st[VSUF][2], len,           p.b};
-  const int64_t tiles = (c.Lk + p.TK - 1) / p.TK, per_split = (tiles + p.num_splits - 1) / p.num_splits;
+  const int64_t tiles = (c.Lk + TK - 1) / TK, per_split = (tiles + p.num_splits - 1) / p.num_splits;
   c.t_begin = min(tiles, (int64_t)blockIdx.y * per_split);
   c.t_end = min(tiles, c.t_begin + per_split);
   c.q_st = p.st[Q][2];

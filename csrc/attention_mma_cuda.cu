@@ -74,8 +74,11 @@ __device__ __forceinline__ void load_rows(T* dst, int rows, RowPtr row_ptr, cons
   }
 }
 
+// __launch_bounds__(128, 1): shared memory, not registers, limits the CTAs per SM (about 42 KB
+// each); with no minimum given, ptxas capped the D = 32 element-load version at 128 registers
+// and spilled.
 template <typename T, int D, bool VEC>
-__global__ void __launch_bounds__(128) attention_mma(const __grid_constant__ Params p) {
+__global__ void __launch_bounds__(128, 1) attention_mma(const __grid_constant__ Params p) {
   using S = MmaShape<D>;
   constexpr int TK = S::TK, P = S::P, KD = S::KD, NS = S::NS, NO = S::NO;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -84,7 +87,7 @@ __global__ void __launch_bounds__(128) attention_mma(const __grid_constant__ Par
   T* Vs = Ks + 2 * TK * P;             // 2 buffers of TK x P
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-  const CtaView<T> cta = cta_view<T>(p);
+  const CtaView<T> cta = cta_view<T>(p, p.BQ, TK);
   const KeyMap<T>& km = cta.keys;
   const float scale = LOG2E / sqrtf((float)D);  // scores in log2 units: exp2f is the fast exp
 
