@@ -14,8 +14,8 @@ Backends. unmask and block_attention validate their arguments, then run the comp
 torch.ops.mini_dlm.* (csrc/, built by setup.py) or the reference *_reference function here.
 MINI_DLM_BACKEND=torch|ext (or set_backend, or sample.py --backend) forces one. The default,
 "auto", takes the compiled op on the CPU; on a GPU it takes it only once CUDA_VALIDATED is True,
-that is once tests/test_ext.py has passed on a GPU (csrc/README.md records when), and until then
-runs the reference there. Inputs a compiled kernel does not take (float64 logits on a GPU, a
+that is once scripts/gpu_check.sh has passed on a GPU (csrc/README.md records when), and until
+then runs the reference there. Inputs a compiled kernel does not take (float64 logits on a GPU, a
 head dim it is not built for) go to the reference in every mode. backends_ran() says which
 implementation each op actually used.
 
@@ -40,10 +40,11 @@ except ImportError:  # not built (e.g. a source checkout without pip install): r
 
 KINDS = ("low_confidence", "random", "margin", "entropy")
 BACKENDS = ("auto", "torch", "ext")
-# False until tests/test_ext.py has passed on a GPU (csrc/README.md records date, device and
-# command): until then "auto" runs the PyTorch reference on CUDA and the kernels are opt-in.
+# False until scripts/gpu_check.sh (the CUDA tests, compute-sanitizer) has passed on a GPU
+# (csrc/README.md records date, device and command): until then "auto" runs the PyTorch
+# reference on CUDA, and the CUDA kernels are opt-in (--backend ext).
 CUDA_VALIDATED = False
-CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims csrc/attention_cuda.cu is compiled for
+CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims the CUDA attention kernels are compiled for
 MAX_BANNED_CUDA = 16  # banned ids the CUDA unmask takes (they travel as kernel arguments)
 _backend = "auto"
 _ran = set()  # {(op, "ext" | "torch")} since reset_backends_ran()
