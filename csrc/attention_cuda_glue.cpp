@@ -13,6 +13,15 @@
 
 namespace mini_dlm {
 
+// The device's multiprocessor count (it decides the split of the keys), asked once per device:
+// no driver call on every attention call.
+static int multiprocessors(int device) {
+  static int count[64] = {};
+  TORCH_CHECK(device >= 0 && device < 64, "block_attention (CUDA): device index ", device, " out of range");
+  if (count[device] == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&count[device], cudaDevAttrMultiProcessorCount, device));
+  return count[device];
+}
+
 at::Tensor block_attention_cuda_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const c10::optional<at::Tensor>& k_prefix, const c10::optional<at::Tensor>& v_prefix,
                                    const c10::optional<at::Tensor>& prefix_len,
@@ -41,7 +50,7 @@ at::Tensor block_attention_cuda_op(const at::Tensor& q, const at::Tensor& k, con
   c.prefix_len = plen.defined() ? plen.data_ptr<int64_t>() : nullptr;
   at::Tensor out = at::empty({a.B, a.H, a.b, a.D}, q.options());  // contiguous
   c.out = out.data_ptr();
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&c.num_sms, cudaDevAttrMultiProcessorCount, q.get_device()));
+  c.num_sms = multiprocessors(q.get_device());
 
   const AttentionPlan plan = block_attention_cuda_plan(c);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, q.options().dtype(at::kByte));

@@ -65,8 +65,9 @@ assert not missing, f'no CUDA kernel for {missing}: {ops.missing_kernel_reason(c
 print('CUDA kernels registered for unmask and block_attention;', torch.cuda.get_device_name(), torch.__version__)"
 step tests 150 "$PY" -m pytest -q tests/test_ext.py tests/test_ext_cuda.py --junitxml="$work/tests.xml"
 
-san=(compute-sanitizer --error-exitcode 1)
-if compute-sanitizer --help 2>/dev/null | grep -q -- "--kernel-name"; then
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+san=("${sanitizer:-compute-sanitizer}" --error-exitcode 1)
+if "${san[0]}" --help 2>/dev/null | grep -q -- "--kernel-name"; then
   san+=(--kernel-name kns=mini_dlm)  # check only our kernels (torch's run unchecked)
 fi
 for tool in memcheck racecheck synccheck; do
