@@ -274,33 +274,23 @@ struct SelectParams {
 // Does (c, i) rank before (c2, i2)? Higher confidence first, then the lower position.
 __device__ __forceinline__ bool before(double c, int i, double c2, int i2) { return c > c2 || (c == c2 && i < i2); }
 
-// Block-wide sum of x; every thread gets it. Uses red[] (one slot per warp).
-__device__ int block_sum(int x, int* red) {
+// op over x of every thread of the block (op: a sum or a min), returned to every thread. Uses
+// red[] (one slot per warp).
+template <typename Op>
+__device__ int block_reduce(int x, int* red, Op op) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(FULL_MASK, x, o);
+  for (int o = 16; o > 0; o /= 2) x = op(x, __shfl_xor_sync(FULL_MASK, x, o));
   __syncthreads();  // red[] may still be read by an earlier call
   if (lane == 0) red[warp] = x;
   __syncthreads();
-  int total = 0;
-  for (int w = 0; w < SELECT_THREADS / 32; ++w) total += red[w];
-  return total;
-}
-
-__device__ int block_min(int x, int* red) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) x = min(x, __shfl_xor_sync(FULL_MASK, x, o));
-  __syncthreads();
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  int m = INT_MAX;
-  for (int w = 0; w < SELECT_THREADS / 32; ++w) m = min(m, red[w]);
-  return m;
+  int all = red[0];
+  for (int w = 1; w < SELECT_THREADS / 32; ++w) all = op(all, red[w]);
+  return all;
 }
 
 // rank of each of the n compacted positions -> list_rank. All threads call it (it syncs).
-__device__ void rank_all(const SelectParams& p, const double* lc, const int* li, int* lr, int n) {
+__device__ void rank_all(const double* lc, const int* li, int* lr, int n) {
   __shared__ double tile_c[SELECT_THREADS];
   __shared__ int tile_i[SELECT_THREADS];
   for (int p0 = 0; p0 < n; p0 += SELECT_THREADS) {
@@ -369,13 +359,13 @@ __global__ void __launch_bounds__(SELECT_THREADS) unmask_select(const SelectPara
   int n_commit = 0;  // schedule / factor: commit the n_commit best (the ranks below it)
   if (p.rule == SCHEDULE) {
     n_commit = (int)min(max(p.k[b * p.k_s], (int64_t)0), (int64_t)n);  // k < 0 commits nothing, as on the CPU
-    if (0 < n_commit && n_commit < n) rank_all(p, lc, li, lr, n);        // (all or none needs no ranks)
+    if (0 < n_commit && n_commit < n) rank_all(lc, li, lr, n);        // (all or none needs no ranks)
   } else if (p.rule == FACTOR) {
-    rank_all(p, lc, li, lr, n);
+    rank_all(lc, li, lr, n);
     int first_fail = n;  // the first rank r >= 1 with c(r) < 1 - f / (r + 2); rank 0 always goes
     for (int q = threadIdx.x; q < n; q += SELECT_THREADS)
       if (lr[q] >= 1 && lc[q] < 1.0 - p.factor / (double)(lr[q] + 2)) first_fail = min(first_fail, lr[q]);
-    n_commit = block_min(first_fail, red);
+    n_commit = block_reduce(first_fail, red, [](int a, int b) { return min(a, b); });
   }
   int mine = 0;
   for (int q = threadIdx.x; q < n; q += SELECT_THREADS) {
@@ -390,7 +380,7 @@ __global__ void __launch_bounds__(SELECT_THREADS) unmask_select(const SelectPara
       ++mine;
     }
   }
-  const int total = block_sum(mine, red);
+  const int total = block_reduce(mine, red, [](int a, int b) { return a + b; });
   if (threadIdx.x == 0) p.count[b] = total;
 }
 
