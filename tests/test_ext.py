@@ -43,10 +43,10 @@ def case(seed, B, L, V, dtype, p_eligible):
 SHAPES = [(1, 1, 2), (2, 1, 13), (3, 7, 13), (2, 33, 257), (4, 16, 1001), (1, 64, 2048)]
 
 
-@pytest.mark.parametrize("B, L, V", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_unmask_fuzz_matches_reference(B, L, V, dtype):
-    # every kind x rule x eligibility x temperature (not a diagonal through them)
+def fuzz_unmask(B, L, V, dtype, device):
+    """The compiled op on `device` against the reference on the CPU, for every kind x rule x
+    eligibility x temperature (not a diagonal through them); tokens are a view into a wider
+    canvas, and nothing outside the view may change."""
     for trial, (kind, rule, p, temperature) in enumerate(itertools.product(
             ops.KINDS, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):  # p: all, none or some eligible
         logits, tokens, eligible, scores = case(trial, B, L, V, dtype, p)
@@ -55,12 +55,22 @@ def test_unmask_fuzz_matches_reference(B, L, V, dtype):
         t1, e1 = tokens.clone(), eligible.clone()
         n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, seed=trial,
                                   banned=[V - 1], **mode)
-        canvas = torch.zeros(B, L + 3, dtype=torch.long)
-        t2, e2 = canvas[:, 2:L + 2], eligible.clone()
+        canvas = torch.zeros(B, L + 3, dtype=torch.long, device=device)
+        t2, e2 = canvas[:, 2:L + 2], eligible.to(device)
         t2.copy_(tokens)
-        n2 = ext_unmask(logits, t2, e2, [V - 1], kind=kind, scores=scores, temperature=temperature, seed=trial, **mode)
-        assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2), (kind, mode, temperature)
+        mode = {key: (val.to(device) if torch.is_tensor(val) else val) for key, val in mode.items()}
+        n2 = ext_unmask(logits.to(device), t2, e2, [V - 1], kind=kind, scores=scores.to(device),
+                        temperature=temperature, seed=trial, **mode)
+        assert torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu()), \
+            (kind, mode, temperature)
         assert (canvas[:, :2] == 0).all() and (canvas[:, L + 2:] == 0).all()  # wrote only inside the view
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B, L, V", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_unmask_fuzz_matches_reference(B, L, V, dtype, device):
+    fuzz_unmask(B, L, V, dtype, device)
 
 
 @pytest.mark.parametrize("mode", [{"factor": 1.0}, {"tau": 0.5}, {"k": torch.tensor([1, 1])}])
