@@ -1,5 +1,5 @@
 // block_attention on the CPU: a block's queries over [prefix[:len] ; block ; suffix], the three
-// segments read in place (DESIGN.md sections 5 and 8).
+// segments read in place (notes/04, notes/05).
 // Specification: mini_dlm/ops.py: block_attention_reference. Values agree to fp32 rounding
 // (float64 inputs: float64 rounding); the sums run in another order.
 //

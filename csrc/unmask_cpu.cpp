@@ -1,4 +1,4 @@
-// unmask on the CPU: one denoising decision (DESIGN.md sections 3, 4 and 8), in place.
+// unmask on the CPU: one denoising decision (notes/03, notes/04, notes/05), in place.
 // Specification: mini_dlm/ops.py: unmask_reference. Same selections and tokens; confidences
 // to float64 rounding (the sums run in another order).
 //
@@ -40,7 +40,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 //   pass 1 (no exp): max m, first argmax, runner-up value; with a temperature, the first
 //                    argmax of l + T * gumbel.
 //   pass 2 (one exp per logit): s = sum e^(l - m), and t = sum e^(l - m) (l - m) for entropy.
-// The online single-pass form of DESIGN.md section 8 (rescale s when m grows) is what the
+// The online single-pass form (rescale s when m grows, csrc/unmask_cuda.cu) is what the
 // GPU kernel uses, where the row is read from HBM once; on a CPU the row is in cache for the
 // second pass and skipping the rescaling branch is cheaper.
 template <typename scalar_t>

@@ -4,11 +4,11 @@ are the *specification*: the compiled kernels in csrc/ must select exactly the s
 and tokens, and agree with their values to fp32 rounding. Read their docstrings as the
 contract. unmask and block_attention are the public entry points.
 
-  unmask           one denoising decision (DESIGN.md sections 3-4): guess x0 at the eligible
+  unmask           one denoising decision (notes/03-04): guess x0 at the eligible
                    positions, score the guesses, commit some of them in place (LLaDA's top-k,
                    Fast-dLLM's threshold or factor rule).
   block_attention  attention of a block's queries over a cached prefix, the block itself and
-                   an optional cached suffix, as if the three were concatenated (section 5).
+                   an optional cached suffix, as if the three were concatenated (notes/04).
 
 Backends. unmask and block_attention validate their arguments, then run the compiled op
 torch.ops.mini_dlm.* (csrc/, built by setup.py) or the reference *_reference function here.
@@ -213,7 +213,7 @@ def descending_rank(c):
 def factor_count(c_sorted, n_eligible, factor):
     """Fast-dLLM's factor rule on each row's eligible scores sorted high to low, c(1) >= c(2) >= ...:
     the longest prefix n with c(j) >= 1 - factor / (j + 1) for every j <= n, and at least 1.
-    (DESIGN.md section 4. Fast-dLLM's code differs in one case: when only the last eligible
+    (Fast-dLLM's code differs in one case: when only the last eligible
     position fails, it commits that one too.) c_sorted (B, L), n_eligible (B,) -> (B,) int64."""
     j = torch.arange(1, c_sorted.shape[1] + 1, device=c_sorted.device, dtype=torch.float64)  # 1-based
     ok = (c_sorted >= 1 - factor / (j + 1)) & (j <= n_eligible[:, None])  # (B, L)
