@@ -1,0 +1,66 @@
+"""The sampler's outputs, pinned: tokens and forward passes of every decoder, cache and
+commit rule on fixed tiny models, recorded from the sampler as it was before its rewrite into
+a short generator loop (tests/sampler_pins.json). A change that alters what any configuration
+produces fails here. python -m pytest -q tests/test_sampler_pins.py"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from mini_dlm.dynamic import generate_dynamic
+from mini_dlm.sampler import generate, generate_ar
+
+PINS = json.load(open(os.path.join(os.path.dirname(__file__), "sampler_pins.json")))
+PROMPTS = [[3, 4, 5], [6, 7]]
+
+
+def spread(model, scale=12.0):
+    """A random net far from uniform (weights x scale), so outputs depend on the context and
+    confidences are rarely close: a pin that tells configurations apart."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return model
+
+
+def g():
+    return torch.Generator().manual_seed(5)
+
+
+def runs():
+    full, blk, ar = spread(tiny_model()), spread(tiny_model(block_size=8, seed=1)), spread(tiny_model("ar", seed=2))
+    runs = {}
+    for r in ("low_confidence", "margin", "entropy", "random"):
+        runs[f"schedule {r}"] = lambda r=r: generate(full, PROMPTS, 16, 16, 8, remasking=r, generator=g())
+    runs["schedule 2 per step"] = lambda: generate(full, PROMPTS, 16, 8, 8)
+    for c in ("none", "prefix", "dual"):
+        runs[f"threshold 0.15 {c}"] = lambda c=c: generate(full, PROMPTS, 16, 16, 8, threshold=0.15, cache=c)
+        runs[f"factor 4.0 {c}"] = lambda c=c: generate(full, PROMPTS, 16, 16, 8, factor=4.0, cache=c)
+    runs["threshold steps cap"] = lambda: generate(full, PROMPTS, 16, 4, 8, threshold=0.9)
+    runs["temperature 0.7 margin threshold dual"] = lambda: generate(full, PROMPTS, 16, 16, 8, 0.7, "margin", threshold=0.5, cache="dual", generator=g())
+    for c in ("none", "block"):
+        runs[f"block model schedule {c}"] = lambda c=c: generate(blk, PROMPTS, 16, 16, 8, cache=c)
+        runs[f"block model threshold 0.15 {c}"] = lambda c=c: generate(blk, PROMPTS, 16, 16, 8, threshold=0.15, cache=c)
+    runs["block model empty prompt block cache"] = lambda: generate(blk, [[]], 24, 24, 8, threshold=0.4, cache="block")
+    runs["block model stop_at"] = lambda: generate(blk, PROMPTS, 40, 40, 8, threshold=0.2, cache="block", stop_at=54)  # 54: a token both rows produce
+    runs["ar greedy"] = lambda: generate_ar(ar, PROMPTS, 12)
+    runs["ar temperature 0.8"] = lambda: generate_ar(ar, PROMPTS, 12, 0.8, g())
+    runs["daedal"] = lambda: generate_dynamic(full, PROMPTS, init_len=8, max_len=24, grow=8, tail=4, eot_threshold=0.05, low_threshold=0.5, insert=3, threshold=0.6, eot_id=10)
+    runs["daedal one per pass random"] = lambda: generate_dynamic(full, PROMPTS, init_len=8, max_len=16, grow=4, tail=4, eot_threshold=0.5, threshold=None, remasking="random", generator=g(), eot_id=11)
+    return runs
+
+
+RUNS = runs()
+
+
+@pytest.mark.parametrize("name", list(PINS))
+def test_sampler_output_is_pinned(name):
+    x, stats = RUNS[name]()
+    assert x.tolist() == PINS[name]["x"]
+    assert stats["forward_passes"] == PINS[name]["passes"]
+    if "lengths" in PINS[name]:
+        assert stats["lengths"].tolist() == PINS[name]["lengths"]
