@@ -26,6 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mini_dlm.model import block_causal
+
 EPS = 1e-3  # smallest mask probability, keeps 1/p finite
 
 
@@ -66,10 +68,10 @@ def bd3_attention_mask(L, b, device="cpu"):
         x0  -> x0    same or earlier     (the clean stream is block-causal)
         x0  -> x_t   never
     The x0 half is what a sampler's cache holds; the x_t half is the block being denoised."""
-    blk = torch.arange(L, device=device) // b
-    q, k = blk[:, None], blk[None, :]  # (L, 1), (1, L)
-    top = torch.cat([q == k, q > k], dim=1)  # (L, 2L): x_t queries
-    bottom = torch.cat([torch.zeros(L, L, dtype=torch.bool, device=device), q >= k], dim=1)  # x0 queries
+    causal = block_causal(L, b, device=device)  # (L, L): blk(q) >= blk(k)
+    same = causal & causal.T  # blk(q) == blk(k)
+    top = torch.cat([same, causal & ~same], dim=1)  # (L, 2L): x_t queries
+    bottom = torch.cat([torch.zeros(L, L, dtype=torch.bool, device=device), causal], dim=1)  # x0 queries
     return torch.cat([top, bottom], dim=0)
 
 

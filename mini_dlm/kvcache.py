@@ -1,16 +1,25 @@
 """
-KV caches for the sampler (DESIGN.md section 5): the keys/values of the part of the canvas a
-denoising step does not recompute, per layer, handed to mini_dlm/ops.py: block_attention.
+The KV cache (notes/00-spec.md section 5): the keys/values of the part of the canvas a forward
+pass does not recompute, per layer. The model's attention layers read from it and write to it
+(mini_dlm/model.py: Attention); callers only create it and say when it should grow.
 
-  prefix (Fast-dLLM)  keys/values of everything before the current block, from one full
-                      forward at the block's start; the other steps recompute the block and
-                      everything after it. Approximate for full-attention models.
-  dual   (Fast-dLLM)  also keeps the keys/values after the block; steps recompute only the
-                      block. Approximate for full-attention models.
-  block  (BD3-LM)     keys/values of the prompt and of each finished block, appended when the
-                      block is done; exact for block-diffusion models (block-causal attention).
-  AR                  sampler.generate_ar: keys/values of the prompt, then of each new token,
-                      appended one at a time; exact (causal attention).
+A cache has three states, one per kind of forward pass it is given to:
+  record  it is new: the forward runs the whole input with ordinary attention, and each layer
+          stores its keys/values of columns [pad[r], end) of row r, plus, with suffix_from,
+          columns [suffix_from, T) as a suffix;
+  read    the forward's tokens attend to the cache and to each other
+          (mini_dlm/ops.py: block_attention); nothing is stored;
+  append  as read, and each layer then writes the new tokens' keys/values after each row's
+          cached ones (append_next() asks for this, for the next forward only).
+After a forward the cache is in the read state.
+
+How the sampler uses it (mini_dlm/sampler.py):
+  prefix (Fast-dLLM)  recorded by one full forward at a block's start: everything before the
+                      block; later steps run the block and everything after it. Approximate.
+  dual   (Fast-dLLM)  the same, plus everything after the block; steps run only the block.
+                      Approximate.
+  block  (BD3-LM)     the prompt, then each finished block appended; exact (block-causal).
+  AR                  the prompt, then each new token appended; exact (causal).
 
 Rows of a batch may have prompts of different lengths. The canvas is left-padded; the cache
 stores each row's real keys from slot 0 ("compacted") with a per-row valid length, which is
@@ -31,25 +40,24 @@ def compact(t, pad, end, capacity):
 
 
 class KVCache:
-    """Per-layer k, v (B, H, capacity, D), row r valid in slots [0, length[r]), and optionally
-    per-layer suffix k, v (B, H, Ls, D), all valid."""
+    """Per-layer k, v (B, H, capacity, D), row r valid in slots [0, length[r]), and with a
+    suffix per-layer k_suffix, v_suffix (B, H, Ls, D), all valid."""
 
-    def __init__(self, k, v, length, k_suffix=None, v_suffix=None):
-        self.k, self.v, self.length = k, v, length
-        self.k_suffix, self.v_suffix = k_suffix, v_suffix
+    def __init__(self, n_layer, pad, end, suffix_from=None, capacity=None):
+        """An empty cache that the next forward records: columns [pad[r], end) of each row,
+        in capacity slots (default end - 0; more leaves room to append), and with
+        suffix_from the columns [suffix_from, T) as the suffix."""
+        self.pad, self.end, self.suffix_from = pad, end, suffix_from
+        self.capacity = end if capacity is None else capacity
+        self.k, self.v = [None] * n_layer, [None] * n_layer
+        self.k_suffix, self.v_suffix = (None, None) if suffix_from is None else ([None] * n_layer, [None] * n_layer)
+        self.length = end - pad  # (B,) valid slots per row, once recorded
+        self.state = "record"
 
-    @classmethod
-    def from_forward(cls, kv_out, pad, end, suffix_from=None, capacity=None):
-        """Cache columns [pad[r], end) of a forward over the whole canvas (kv_out from
-        Transformer.forward), and with suffix_from also columns [suffix_from, T) as the suffix.
-        capacity (default end) leaves room to append() later."""
-        capacity = end if capacity is None else capacity
-        k = [compact(lk, pad, end, capacity) for lk, _ in kv_out]
-        v = [compact(lv, pad, end, capacity) for _, lv in kv_out]
-        ks = vs = None
-        if suffix_from is not None:
-            ks, vs = [lk[:, :, suffix_from:] for lk, _ in kv_out], [lv[:, :, suffix_from:] for _, lv in kv_out]
-        return cls(k, v, end - pad, ks, vs)
+    def append_next(self):
+        """The next forward appends its tokens' keys/values after reading. Returns the cache."""
+        self.state = "append"
+        return self
 
     def layer(self, i):
         """Arguments 4.. of ops.block_attention for layer i."""
@@ -57,13 +65,20 @@ class KVCache:
         sv = None if self.v_suffix is None else self.v_suffix[i]
         return self.k[i], self.v[i], self.length, sk, sv
 
-    def append(self, kv_out):
-        """Write the keys/values of T new tokens (kv_out of a forward over them, each
-        (B, H, T, D)) into each row's next T slots."""
-        B, H, T, D = kv_out[0][0].shape
-        slots = self.length[:, None] + torch.arange(T, device=self.length.device)  # (B, T)
-        index = slots[:, None, :, None].expand(B, H, T, D)
-        for i, (k, v) in enumerate(kv_out):
+    def update(self, i, k, v):
+        """Layer i's keys/values k, v (B, H, T, D) of the current forward: stored as the state
+        says. The last layer ends the forward."""
+        if self.state == "record":
+            self.k[i], self.v[i] = compact(k, self.pad, self.end, self.capacity), compact(v, self.pad, self.end, self.capacity)
+            if self.suffix_from is not None:
+                self.k_suffix[i], self.v_suffix[i] = k[:, :, self.suffix_from:], v[:, :, self.suffix_from:]
+        elif self.state == "append":  # into each row's next T slots
+            B, H, T, D = k.shape
+            slots = self.length[:, None] + torch.arange(T, device=k.device)  # (B, T)
+            index = slots[:, None, :, None].expand(B, H, T, D)
             self.k[i].scatter_(2, index, k)
             self.v[i].scatter_(2, index, v)
-        self.length = self.length + T
+        if i == len(self.k) - 1:
+            if self.state == "append":
+                self.length = self.length + k.shape[2]
+            self.state = "read"

@@ -58,6 +58,14 @@ class ModelConfig:
             raise ValueError("block_size > 0 (block diffusion) needs objective='mdm'")
 
 
+def block_causal(L, b, start=0, device=None):
+    """(L, L) bool, True where query q may see key k: blk(q) >= blk(k) for blocks of b columns
+    counted from column start (the columns before it form a shorter first block). Inside a
+    block attention is full, across blocks causal (BD3-LM); b = 1 is plain causal attention."""
+    blk = torch.div(torch.arange(L, device=device) - start, b, rounding_mode="floor")  # (L,)
+    return blk[:, None] >= blk[None, :]
+
+
 def rope_tables(seq_len, head_dim, base):
     """cos, sin of the rotary angles pos * base^(-2i/D) (Su et al. 2021): each (seq_len, D/2)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
@@ -78,18 +86,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask, is_causal, cache=None, kv_out=None):
+    def forward(self, x, cos, sin, attn_mask, is_causal, cache=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv_out is not None:
-            kv_out.append((k, v))  # this layer's keys/values, for the caller to cache
-        if cache is None:
+        if cache is None or cache.state == "record":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                                dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
         else:  # the T new tokens see the cached prefix (and suffix) and all of themselves
             y = block_attention(q, k, v, *cache.layer(self.layer))  # (B, H, T, D)
+        if cache is not None:
+            cache.update(self.layer, k, v)  # records or appends this layer's keys/values, as the cache says
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -114,8 +122,8 @@ class Block(nn.Module):
         self.attn, self.mlp = Attention(cfg, layer), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, attn_mask, is_causal, cache, kv_out):
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, is_causal, cache, kv_out))
+    def forward(self, x, cos, sin, attn_mask, is_causal, cache):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, attn_mask, is_causal, cache))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -140,30 +148,31 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, attn_mask=None, pos=None, cache=None, kv_out=None, only=None):
+    def forward(self, idx, attn_mask=None, pos=None, cache=None, only=None):
         """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf.
         attn_mask: None for the model's own pattern (mdm: full; ar: causal; block diffusion:
         block-causal with blocks of block_size from position 0), or a bool tensor
         broadcastable to (B, H, T, T), True where query t may attend to key s.
         pos: positions (T,) or (B, T) for RoPE; default 0..T-1.
-        cache: a KVCache; then idx are new tokens that attend to the cache's keys/values and
-        to each other (attn_mask is not used).
-        kv_out: a list; each layer appends its (k, v), each (B, H, T, D), for a cache.
+        cache: a KVCache (mini_dlm/kvcache.py). A new one records this forward's keys/values
+        (attention as without a cache); afterwards idx are new tokens that attend to the
+        cache's keys/values and to each other (attn_mask is not used), appending theirs when
+        the cache was told to (append_next).
         only: a slice of positions; logits are computed for those alone (a sampler needs one
         block's logits, not all T: the output head is a large part of a small model's work)."""
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)
-        if attn_mask is None and cache is None and self.config.block_size:
-            blk = torch.arange(T, device=idx.device) // self.config.block_size
-            attn_mask = blk[:, None] >= blk[None, :]  # (T, T) block-causal
+        reading = cache is not None and cache.state != "record"
+        if attn_mask is None and not reading and self.config.block_size:
+            attn_mask = block_causal(T, self.config.block_size, device=idx.device)  # (T, T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2) or (B, T, D/2)
         if cos.dim() == 3:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D/2): broadcast over heads
-        is_causal = attn_mask is None and cache is None and self.config.objective == "ar"
+        is_causal = attn_mask is None and not reading and self.config.objective == "ar"
         x = self.wte(idx)  # (B, T, C)
         for block in self.blocks:
-            x = block(x, cos, sin, attn_mask, is_causal, cache, kv_out)
+            x = block(x, cos, sin, attn_mask, is_causal, cache)
         if only is not None:
             x = x[:, only]  # (B, T', C)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)

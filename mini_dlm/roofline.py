@@ -91,11 +91,11 @@ def count_forwards(model):
         a = dict(zip(params, args), **kwargs)
         B, T = a["idx"].shape
         cache, only = a.get("cache"), a.get("only")
-        keys = B * T
-        if cache is not None:
+        keys, state = B * T, "none" if cache is None else cache.state
+        if state in ("read", "append"):  # the new tokens also attend to the cached keys
             keys += int(cache.length.sum()) + (0 if cache.k_suffix is None else B * cache.k_suffix[0].shape[2])
         n_out = T if only is None else len(range(T)[only])
-        log.add(module.config, B, T, keys, n_out, a.get("kv_out") is not None, elem)
+        log.add(module.config, B, T, keys, n_out, state in ("record", "append"), elem)
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
