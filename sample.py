@@ -26,10 +26,11 @@ import torch
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, positive_float, positive_int,
                           print_config, resolve_device, run)
-from mini_dlm.ops import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
-from mini_dlm.dynamic import generate_dynamic
+from mini_dlm.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
+from mini_dlm.dynamic import Daedal, generate_dynamic
+from mini_dlm.op_args import REMASKING
 from mini_dlm.quality import useful_lengths
-from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
+from mini_dlm.sampler import CACHES, finish, generate, generate_ar, stop_at
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
 FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal
@@ -106,6 +107,34 @@ def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
     return "".join(out)
 
 
+def show_steps(steps, tokenizer, P, colour):
+    """Print the first sample's generated part after every step, with what the step committed,
+    and pass the steps on."""
+    for n, step in enumerate(steps, 1):
+        text = render(tokenizer, step.x[0, P:].tolist(), tokenizer.mask_id, "↵", step.committed[0, P:].tolist(), colour)
+        print(f"step {n:4d} | block {step.block} | +{int(step.committed[0].sum()):<3d} | {text}")
+        yield step
+
+
+def sampler(args, model, prompts, generator, eot_id, P):
+    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/dynamic.py)."""
+    cfg = model.config
+    if args.gen_len == "auto" and cfg.block_size:  # block diffusion grows block by block up to --max-len
+        return stop_at(generate(model, prompts, gen_len=args.max_len, block_len=cfg.block_size,
+                                temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
+                                cache=args.cache, generator=generator), eot_id, P)
+    if args.gen_len == "auto":  # DAEDAL
+        length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold,
+                        args.insert)
+        return generate_dynamic(model, prompts, length=length, threshold=args.threshold, temperature=args.temperature,
+                                remasking=args.remasking, generator=generator, eot_id=eot_id)
+    if cfg.objective == "ar":
+        return generate_ar(model, prompts, gen_len=args.gen_len, temperature=args.temperature, generator=generator)
+    return generate(model, prompts, gen_len=args.gen_len, steps=args.steps, block_len=args.block_len,
+                    temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
+                    factor=args.factor, cache=args.cache, generator=generator)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
@@ -140,29 +169,14 @@ def main(argv=None):
     M, P = cfg.mask_id, max(len(p) for p in prompts)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
-    def show(step, block, x, committed):
-        row = x[0, P:].tolist()
-        text = render(tokenizer, row, M, "↵", committed[0, P:].tolist(), colour)
-        print(f"step {step:4d} | block {block} | +{int(committed[0].sum()):<3d} | {text}")
-
     generator = torch.Generator(device).manual_seed(args.seed)
-    on_step = show if args.show_steps else None
     reset_backends_ran()
     t0 = time.time()
-    with autocast(device):  # schedule, options and context are checked by generate()
+    with autocast(device):  # schedule, options and context are checked by the samplers
+        steps = sampler(args, model, prompts, generator, tokenizer.eot_id, P)
+        x, stats = finish(show_steps(steps, tokenizer, P, colour) if args.show_steps else steps)
         if blocks:
-            x, stats = generate(model, prompts, args.max_len, args.max_len, cfg.block_size, args.temperature,
-                                args.remasking, args.threshold, None, args.cache, generator, stop_at=tokenizer.eot_id)
             stats["lengths"] = torch.full((len(prompts),), x.shape[1] - P)
-        elif auto:
-            x, stats = generate_dynamic(model, prompts, args.init_len, args.max_len, args.grow, args.tail,
-                                        args.eot_threshold, args.low_threshold, args.insert, args.threshold,
-                                        args.temperature, args.remasking, generator, tokenizer.eot_id)
-        elif ar:
-            x, stats = generate_ar(model, prompts, args.gen_len, args.temperature, generator, on_step)
-        else:
-            x, stats = generate(model, prompts, args.gen_len, args.steps, args.block_len, args.temperature,
-                                args.remasking, args.threshold, args.factor, args.cache, generator, on_step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.time() - t0

@@ -1,7 +1,7 @@
 """
 Sampling: LLaDA's reverse process (Nie et al. 2025) with Fast-dLLM's parallel decoding and KV
 caches (Wu et al. 2025) and BD3-LM's exact block cache (Arriola et al. 2025); plain left-to-right
-decoding with an exact KV cache for the AR baseline.
+decoding with an exact KV cache for the AR baseline. The exact rules: notes/00-spec.md 3-5.
 
 Canvas. x = [prompt, M * gen_len]. The generated part is cut into blocks of block_len, filled
 left to right (semi-autoregressive). Prompts of different lengths are left-padded: pad columns
@@ -23,7 +23,7 @@ k_i = floor(n / s) + (1 if i < n mod s else 0). With a threshold or factor, s on
 passes per block: pass s commits whatever is left. Every pass commits at least one token per
 row, so with steps = gen_len (s = block_len) the cap never binds.
 
-Caches (mini_dlm/kvcache.py), per block:
+How a step gets the block's logits is a strategy (CACHES, mini_dlm/kvcache.py):
   none    every step is a forward over the whole canvas
   prefix  step 1 is a full forward that also caches keys/values before the block; later
           steps run the block and everything after it       (Fast-dLLM; approximate)
@@ -31,39 +31,63 @@ Caches (mini_dlm/kvcache.py), per block:
                                                              (Fast-dLLM; approximate)
   block   block-diffusion models: the prompt is cached once, every step runs only the block,
           and a finished block is written to the cache by one more pass (BD3-LM; exact)
-  AR      generate_ar: a prefill over the prompt, then every step runs only the newest token
-          and appends its keys/values (causal attention; exact)
+
+generate and generate_ar are generators: they yield a Step after every forward pass that
+commits tokens, so a caller can watch (sample.py --show-steps) or stop early (at end-of-text);
+finish() runs one to the end and returns the canvas and its statistics.
 """
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from mini_dlm.gumbel import draw_seed, sample_x0
 from mini_dlm.kvcache import KVCache
-from mini_dlm.ops import KINDS, sample_x0, unmask
+from mini_dlm.model import block_causal
+from mini_dlm.op_args import check_remasking
+from mini_dlm.ops import unmask
 
-REMASKING = KINDS
-CACHES = ("none", "prefix", "dual", "block")
 PAD_ID = 0  # what fills pad columns; they are never attended to, so any id but M would do
 
 
-def check_schedule(gen_len, steps, block_len):
-    """ValueError unless the LLaDA schedule is well defined."""
-    if min(gen_len, steps, block_len) <= 0:
-        raise ValueError(f"gen-len, steps and block-len must be positive, got {gen_len}, {steps}, {block_len}")
-    if gen_len % block_len:
-        raise ValueError(f"--gen-len {gen_len} is not divisible by --block-len {block_len}")
-    n_blocks = gen_len // block_len
-    if steps % n_blocks:
-        raise ValueError(f"--steps {steps} is not a multiple of the number of blocks ({n_blocks} = gen-len / block-len)")
-    if steps > gen_len:
-        raise ValueError(f"--steps {steps} is larger than --gen-len {gen_len}: some steps would commit nothing")
+@dataclass
+class Step:
+    """What one sampler step did. x is the live canvas (B, L): later steps change it in place,
+    so clone it to keep it."""
+    x: torch.Tensor  # (B, L) int64
+    committed: torch.Tensor  # (B, L) bool: the positions this step committed
+    block: int  # the block being denoised (0 for AR)
+    passes: int  # forward passes so far
+    pad: torch.Tensor  # (B,) pad columns of each row
+    block_end: int = 0  # the column where the block ends
+    block_done: bool = True  # whether the block has no mask left
+    info: dict = field(default_factory=dict)  # what else a sampler reports (mini_dlm/dynamic.py)
 
 
-def num_transfer_tokens(n_masked, s):
-    """n_masked (B,) masks in the block, s steps -> (B, s) tokens to commit at each step."""
-    base, rem = n_masked[:, None] // s, n_masked[:, None] % s  # (B, 1)
-    return base + (torch.arange(s, device=n_masked.device)[None, :] < rem).long()  # (B, s)
+def finish(steps):
+    """Run a sampler to the end -> (x, stats), stats = {"forward_passes": int, "transfers":
+    (steps, B) tokens committed per step, "pad": (B,), and the last step's info}."""
+    transfers = []
+    for step in steps:
+        transfers.append(step.committed.sum(dim=1))
+    return step.x, {"forward_passes": step.passes, "transfers": torch.stack(transfers), "pad": step.pad, **step.info}
 
+
+def stop_at(steps, token, start):
+    """Pass a sampler's steps on until a block finishes that leaves every row with `token` (an
+    end-of-text) among its generated tokens (columns start ..); that last Step's canvas is cut
+    after the block. Exact: a finished block never changes, and the blocks before it were
+    computed on the same canvas. For a block-diffusion model this is growth block by block."""
+    for step in steps:
+        end = step.block_end
+        if step.block_done and (step.x[:, start:end] == token).any(dim=1).all():
+            yield Step(step.x[:, :end], step.committed[:, :end], step.block, step.passes, step.pad, end, True, step.info)
+            return
+        yield step
+
+
+# ---- the canvas -------------------------------------------------------------------------------
 
 def make_canvas(prompts, gen_len, model):
     """prompts: ids (P,), a (B, P) tensor, or a list of id lists of any lengths ->
@@ -94,21 +118,18 @@ def make_canvas(prompts, gen_len, model):
 def canvas_attention(model, pad, L, P, block_len, end=None):
     """Attention pattern for a forward over the whole canvas (B, L): None (the model's default)
     or a bool mask (L, L) / (B, 1, L, L), True where query q may see key k.
-      full attention: everything;  AR: causal;
+      full attention: everything;  AR: causal (block_causal with blocks of 1);
       block diffusion: block-causal, blocks of block_len counted from the generation start P
       (so the prompt's first block may be short);
       plus, with padding, no pad column as a key (a pad query sees itself, to stay defined);
       end (B,): no column from end[r] on as a key either (rows right-padded to a common width,
       mini_dlm/dynamic.py)."""
-    col = torch.arange(L, device=pad.device)
-    pattern = None
-    if model.config.objective == "ar":
-        pattern = col[:, None] >= col[None, :]
-    elif model.config.block_size:
-        blk = torch.div(col - P, block_len, rounding_mode="floor")
-        pattern = blk[:, None] >= blk[None, :]
+    ar = model.config.objective == "ar"
+    pattern = block_causal(L, 1, device=pad.device) if ar else \
+        block_causal(L, block_len, P, pad.device) if model.config.block_size else None
     if not pad.any() and end is None:
-        return None if model.config.objective == "ar" else pattern
+        return None if ar else pattern
+    col = torch.arange(L, device=pad.device)
     keep = col[None, :] >= pad[:, None]  # (B, L)
     if end is not None:
         keep = keep & (col[None, :] < end[:, None])
@@ -123,145 +144,192 @@ def canvas_positions(pad, L):
     return (torch.arange(L, device=pad.device)[None, :] - pad[:, None]).clamp(min=0)
 
 
-def draw_seed(generator):
-    """A 62-bit seed for ops.unmask's counter-based Gumbel noise, from the caller's generator."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(2 ** 62, (), generator=generator, device=device))
+# ---- how a step gets the block's logits: one strategy per cache -------------------------------
+
+class NoCache:
+    """Every step is a forward over the whole canvas (LLaDA)."""
+
+    def __init__(self, model, x, pad, P, block_len):
+        self.model, self.pad, self.passes = model, pad, 0
+        self.mask = canvas_attention(model, pad, x.shape[1], P, block_len)
+        self.pos = canvas_positions(pad, x.shape[1])
+
+    def forward(self, x, lo, hi, **kw):
+        """One counted forward over canvas columns [lo, hi)."""
+        self.passes += 1
+        return self.model(x[:, lo:hi], pos=self.pos[:, lo:hi], **kw)
+
+    def logits(self, x, lo, hi, i):
+        """The block's logits (B, hi - lo, V) at its step i."""
+        return self.forward(x, 0, x.shape[1], attn_mask=self.mask, only=slice(lo, hi))
+
+    def block_done(self, x, lo, hi):
+        pass
 
 
-def check_options(model, block_len, remasking, threshold, factor, cache):
+class PrefixCache(NoCache):
+    """Fast-dLLM's prefix cache: the block's first step is a full forward that records the keys/
+    values before the block; later steps run the block and everything after it."""
+    suffix = False
+
+    def logits(self, x, lo, hi, i):
+        if i == 0:
+            self.kv = KVCache(self.model.config.n_layer, self.pad, lo, suffix_from=hi if self.suffix else None)
+            return self.forward(x, 0, x.shape[1], attn_mask=self.mask, cache=self.kv, only=slice(lo, hi))
+        return self.forward(x, lo, x.shape[1], cache=self.kv, only=slice(0, hi - lo))
+
+
+class DualCache(PrefixCache):
+    """Fast-dLLM's dual cache: as PrefixCache, but also the keys/values after the block are
+    recorded, and later steps run the block alone."""
+    suffix = True
+
+    def logits(self, x, lo, hi, i):
+        return super().logits(x, lo, hi, i) if i == 0 else self.forward(x, lo, hi, cache=self.kv)
+
+
+class BlockCache(NoCache):
+    """BD3-LM's exact block cache: the prompt is recorded once, every step runs the block alone,
+    and a finished block is appended by one more pass over it, now clean."""
+
+    def __init__(self, model, x, pad, P, block_len):
+        super().__init__(model, x, pad, P, block_len)
+        self.kv = None
+        if P:  # the prompt (block-causal, like any clean block)
+            self.kv = KVCache(model.config.n_layer, pad, P, capacity=x.shape[1])
+            self.forward(x, 0, P, attn_mask=self.mask[..., :P, :P], cache=self.kv, only=slice(0, 0))
+
+    def logits(self, x, lo, hi, i):
+        return self.forward(x, lo, hi, cache=self.kv)
+
+    def block_done(self, x, lo, hi):
+        if hi == x.shape[1]:
+            return  # the last block: nothing reads its keys/values
+        if self.kv is None:  # an empty prompt: the first block starts the cache
+            self.kv = KVCache(self.model.config.n_layer, self.pad, hi - lo, capacity=x.shape[1])
+        else:
+            self.kv.append_next()
+        self.forward(x, lo, hi, cache=self.kv, only=slice(0, 0))
+
+
+CACHES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache, "block": BlockCache}
+
+
+# ---- the reverse process ----------------------------------------------------------------------
+
+def num_transfer_tokens(n_masked, s):
+    """n_masked (B,) masks in the block, s steps -> (B, s) tokens to commit at each step."""
+    base, rem = n_masked[:, None] // s, n_masked[:, None] % s  # (B, 1)
+    return base + (torch.arange(s, device=n_masked.device)[None, :] < rem).long()  # (B, s)
+
+
+def commit_rule(k_i, eligible, last, threshold, factor):
+    """unmask's rule for one step: LLaDA's schedule (k_i (B,)), or Fast-dLLM's threshold or
+    factor, whose last allowed pass (the steps cap) commits whatever is left."""
+    if threshold is None and factor is None:
+        return {"k": k_i}
+    if last:
+        return {"k": eligible.sum(dim=1)}
+    return {"threshold": threshold} if threshold is not None else {"factor": factor}
+
+
+def step_noise(remasking, temperature, generator, eligible):
+    """The random inputs of one unmask call: the scores of remasking="random" and the Gumbel seed."""
+    noise = {}
+    if remasking == "random":
+        noise["scores"] = torch.rand(eligible.shape, dtype=torch.float64, device=eligible.device, generator=generator)
+    if temperature > 0:
+        noise["seed"] = draw_seed(generator)
+    return noise
+
+
+@torch.no_grad()
+def generate(model, prompts, *, gen_len=128, steps=None, block_len=32, temperature=0.0, remasking="low_confidence",
+             threshold=None, factor=None, cache="none", generator=None):
+    """Denoise [prompt, M * gen_len] block by block, yielding a Step after every step (see the
+    module docstring). prompts: as for make_canvas. steps: default gen_len. threshold / factor:
+    Fast-dLLM's rules instead of the schedule. generator: draws the Gumbel seeds and the random
+    remasking scores."""
+    steps = steps or gen_len
+    check_options(model, gen_len, steps, block_len, remasking, threshold, factor, cache)
+    x, pad = make_canvas(prompts, gen_len, model)  # (B, L), (B,)
+    P, M, L = x.shape[1] - gen_len, model.config.mask_id, x.shape[1]
+    s = steps // (gen_len // block_len)  # steps per block
+    blocks = CACHES[cache](model, x, pad, P, block_len)  # how a step gets the block's logits
+    for j, lo in enumerate(range(P, L, block_len)):
+        hi = lo + block_len
+        eligible = x[:, lo:hi] == M  # (B, b): masked, in the block
+        k = num_transfer_tokens(eligible.sum(dim=1), s)  # (B, s): LLaDA's schedule
+        for i in range(s):
+            if not eligible.any():
+                break  # threshold / factor finished the block early
+            logits = blocks.logits(x, lo, hi, i)  # (B, b, V): one forward pass
+            before = eligible.clone()
+            unmask(logits, x[:, lo:hi], eligible, **commit_rule(k[:, i], eligible, i == s - 1, threshold, factor),
+                   remasking=remasking, temperature=temperature, banned=[M],
+                   **step_noise(remasking, temperature, generator, eligible))  # guess, score, commit: in place
+            yield Step(x, F.pad(before & ~eligible, (lo, L - hi)), j, blocks.passes, pad, hi, not eligible.any())
+        blocks.block_done(x, lo, hi)
+
+
+def check_schedule(gen_len, steps, block_len):
+    """ValueError unless the LLaDA schedule is well defined."""
+    if min(gen_len, steps, block_len) <= 0:
+        raise ValueError(f"gen-len, steps and block-len must be positive, got {gen_len}, {steps}, {block_len}")
+    if gen_len % block_len:
+        raise ValueError(f"--gen-len {gen_len} is not divisible by --block-len {block_len}")
+    n_blocks = gen_len // block_len
+    if steps % n_blocks:
+        raise ValueError(f"--steps {steps} is not a multiple of the number of blocks ({n_blocks} = gen-len / block-len)")
+    if steps > gen_len:
+        raise ValueError(f"--steps {steps} is larger than --gen-len {gen_len}: some steps would commit nothing")
+
+
+def check_options(model, gen_len, steps, block_len, remasking, threshold, factor, cache):
+    """ValueError unless generate's options fit each other and the model."""
     cfg = model.config
     if cfg.objective != "mdm":
         raise ValueError("generate() needs a diffusion checkpoint; use generate_ar() for an AR model")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    check_schedule(gen_len, steps, block_len)
+    check_remasking(remasking)
     if cache not in CACHES:
-        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+        raise ValueError(f"cache must be one of {tuple(CACHES)}, got {cache!r}")
     if threshold is not None and factor is not None:
         raise ValueError("give --threshold or --factor, not both")
     if factor is not None and not factor > 0:
         raise ValueError(f"--factor must be > 0, got {factor}")
-    if cfg.block_size:
-        if block_len != cfg.block_size:
-            raise ValueError(f"this block-diffusion checkpoint was trained with blocks of {cfg.block_size}: use --block-len {cfg.block_size}")
-        if cache in ("prefix", "dual"):
-            raise ValueError(f"--cache {cache} is for full-attention checkpoints; a block-diffusion checkpoint uses --cache block (exact)")
-    elif cache == "block":
+    if cfg.block_size and block_len != cfg.block_size:
+        raise ValueError(f"this block-diffusion checkpoint was trained with blocks of {cfg.block_size}: use --block-len {cfg.block_size}")
+    if cfg.block_size and cache in ("prefix", "dual"):
+        raise ValueError(f"--cache {cache} is for full-attention checkpoints; a block-diffusion checkpoint uses --cache block (exact)")
+    if not cfg.block_size and cache == "block":
         raise ValueError("--cache block needs a block-diffusion checkpoint (train_tiny.py --block-size N); use prefix or dual")
 
 
-@torch.no_grad()
-def generate(model, prompts, gen_len=128, steps=128, block_len=32, temperature=0.0, remasking="low_confidence",
-             threshold=None, factor=None, cache="none", generator=None, on_step=None, stop_at=None):
-    """Denoise [prompt, M * gen_len] block by block (see the module docstring).
-    prompts: as for make_canvas. threshold / factor: Fast-dLLM's rules instead of the schedule.
-    generator: draws the Gumbel seeds and the random-remasking scores.
-    Returns x (B, Pmax + gen_len), left-padded, and stats {"forward_passes": int,
-    "transfers": (steps taken, B) tokens committed per step, "pad": (B,) pad columns}.
-    on_step(step, block, x, committed (B, Pmax + gen_len) bool) runs after every step.
-    stop_at: a token id (end-of-text): stop after the first block that leaves every row with it
-    among its generated tokens, and return the canvas up to that block. Exact: a finished
-    block never changes, and the blocks before it were computed on the same canvas. For a
-    block-diffusion model this is growth block by block up to gen_len (variable length)."""
-    check_schedule(gen_len, steps, block_len)
-    check_options(model, block_len, remasking, threshold, factor, cache)
-    x, pad = make_canvas(prompts, gen_len, model)  # (B, L), (B,)
-    B, L = x.shape
-    P, M = L - gen_len, model.config.mask_id
-    mask, pos = canvas_attention(model, pad, L, P, block_len), canvas_positions(pad, L)
-    n_blocks, s = gen_len // block_len, steps // (gen_len // block_len)
-    mode = {"banned": [M], "kind": remasking, "temperature": temperature}
-    kv, passes, step, transfers = None, 0, 0, []
-
-    if cache == "block" and P > 0:  # the prompt's keys/values, once (block-causal, like any clean block)
-        kv_out = []
-        model(x[:, :P], None if mask is None else mask[..., :P, :P], pos[:, :P], kv_out=kv_out, only=slice(0, 0))
-        kv, passes = KVCache.from_forward(kv_out, pad, P, capacity=L), passes + 1
-
-    for j in range(n_blocks):
-        lo, hi = P + j * block_len, P + (j + 1) * block_len
-        eligible = x[:, lo:hi] == M  # (B, b): masked, in the block
-        k = num_transfer_tokens(eligible.sum(dim=1), s)  # (B, s), the LLaDA schedule
-        for i in range(s):
-            if not eligible.any():
-                break  # threshold / factor finished the block early
-            # -- one forward pass -> logits of the block (B, b, V)
-            if cache == "none":
-                logits = model(x, mask, pos, only=slice(lo, hi))
-            elif cache in ("prefix", "dual") and i == 0:  # full pass; cache what lies outside the block
-                kv_out = []
-                logits = model(x, mask, pos, kv_out=kv_out, only=slice(lo, hi))
-                kv = KVCache.from_forward(kv_out, pad, lo, suffix_from=hi if cache == "dual" else None)
-            elif cache == "prefix":
-                logits = model(x[:, lo:], pos=pos[:, lo:], cache=kv, only=slice(0, block_len))
-            else:  # dual, block: only the block is recomputed
-                logits = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv)
-            passes += 1
-            # -- commit some guesses, in place in x[:, lo:hi] and eligible
-            before = eligible.clone() if on_step is not None else None
-            if remasking == "random":
-                mode["scores"] = torch.rand(eligible.shape, dtype=torch.float64, device=x.device, generator=generator)
-            if temperature > 0:
-                mode["seed"] = draw_seed(generator)
-            if threshold is None and factor is None:
-                n = unmask(logits, x[:, lo:hi], eligible, k=k[:, i], **mode)
-            elif i == s - 1:  # the steps cap: the last allowed pass commits the rest
-                n = unmask(logits, x[:, lo:hi], eligible, k=eligible.sum(dim=1), **mode)
-            elif threshold is not None:
-                n = unmask(logits, x[:, lo:hi], eligible, tau=threshold, **mode)
-            else:
-                n = unmask(logits, x[:, lo:hi], eligible, factor=factor, **mode)
-            transfers.append(n)
-            step += 1
-            if on_step is not None:
-                on_step(step, j, x, F.pad(before & ~eligible, (lo, L - hi)))
-        if stop_at is not None and (x[:, P:hi] == stop_at).any(dim=1).all():
-            x = x[:, :hi]  # every row has ended: what later blocks write would be cut off anyway
-            break
-        if cache == "block" and j < n_blocks - 1:  # the finished block's clean keys/values
-            kv_out = []
-            model(x[:, lo:hi], pos=pos[:, lo:hi], cache=kv, kv_out=kv_out, only=slice(0, 0))
-            passes += 1
-            if kv is None:  # empty prompt: this is the first cached block
-                kv = KVCache.from_forward(kv_out, pad, block_len, capacity=L)
-            else:
-                kv.append(kv_out)
-    return x, {"forward_passes": passes, "transfers": torch.stack(transfers), "pad": pad}
-
+# ---- the AR baseline --------------------------------------------------------------------------
 
 @torch.no_grad()
-def generate_ar(model, prompts, gen_len=128, temperature=0.0, generator=None, on_step=None, kv_cache=True):
-    """Left-to-right decoding for an objective="ar" model, one token per forward pass.
-    kv_cache=True: the first pass (the prefill) runs over the prompt and caches every layer's
-    keys/values; each later pass feeds only the newest token (B, 1), which attends to the cache
-    and is then appended to it. A step computes O(1) new positions instead of the O(n) of the
-    whole prefix (its attention still reads the n cached keys). Exact: under causal attention
-    a token's keys/values never change. kv_cache=False recomputes the whole prefix at every
-    step: the specification the cache is tested against (tests/test_ar_cache.py).
-    Same return convention as generate()."""
+def generate_ar(model, prompts, *, gen_len=128, temperature=0.0, generator=None, kv_cache=True):
+    """Left-to-right decoding for an objective="ar" model, one token per forward pass, yielding
+    a Step after each. kv_cache=True: the first pass (the prefill) runs over the prompt and
+    records every layer's keys/values; each later pass feeds only the newest token (B, 1), which
+    attends to the cache and is then appended to it. A step computes O(1) new positions instead
+    of the O(n) of the whole prefix (its attention still reads the n cached keys). Exact: under
+    causal attention a token's keys/values never change. kv_cache=False recomputes the whole
+    prefix at every step: the specification the cache is tested against (tests/test_ar_cache.py)."""
     if gen_len <= 0:
         raise ValueError(f"gen-len must be positive, got {gen_len}")
     x, pad = make_canvas(prompts, gen_len, model)  # (B, L)
-    B, L = x.shape
-    P = L - gen_len
+    P, L = x.shape[1] - gen_len, x.shape[1]
     if P == 0 or (pad == P).any():
         raise ValueError("an AR model needs a non-empty prompt")
     mask, pos = canvas_attention(model, pad, L, P, 0), canvas_positions(pad, L)
-    kv = None
+    kv = KVCache(model.config.n_layer, pad, P, capacity=L) if kv_cache and gen_len > 1 else None
     for step in range(1, gen_len + 1):
         n = P + step - 1  # tokens so far
-        kv_out = [] if kv_cache and step < gen_len else None  # the last pass's keys/values would go unread
-        if kv is None:  # the whole prefix: every step without a cache, the prefill with one
-            m = None if mask is None else mask[..., :n, :n]
-            logits = model(x[:, :n], m, pos[:, :n], kv_out=kv_out, only=slice(n - 1, n))  # (B, 1, V)
-            if kv_out is not None:
-                kv = KVCache.from_forward(kv_out, pad, n, capacity=L)
-        else:  # only the newest token, attending to the cache
-            logits = model(x[:, n - 1:n], pos=pos[:, n - 1:n], cache=kv, kv_out=kv_out)  # (B, 1, V)
-            if kv_out is not None:
-                kv.append(kv_out)
-        x[:, n] = sample_x0(logits[:, 0], temperature, draw_seed(generator) if temperature > 0 else 0)
-        if on_step is not None:
-            on_step(step, 0, x, F.pad(torch.ones(B, 1, dtype=torch.bool, device=x.device), (n, L - n - 1)))
-    ones = torch.ones(gen_len, B, dtype=torch.long, device=x.device)
-    return x, {"forward_passes": gen_len, "transfers": ones, "pad": pad}
+        if kv is None or step == 1:  # the whole prefix: every step without a cache, the prefill with one
+            logits = model(x[:, :n], None if mask is None else mask[..., :n, :n], pos[:, :n], kv, only=slice(n - 1, n))
+        else:  # only the newest token, attending to the cache (appended, unless no later step reads it)
+            logits = model(x[:, n - 1:n], pos=pos[:, n - 1:n], cache=kv.append_next() if step < gen_len else kv)
+        x[:, n] = sample_x0(logits[:, 0], temperature, draw_seed(generator) if temperature > 0 else 0)  # (B,)
+        yield Step(x, F.pad(torch.ones_like(pad, dtype=torch.bool)[:, None], (n, L - n - 1)), 0, step, pad, n + 1)
