@@ -40,14 +40,14 @@ import statistics
 
 import torch
 
-from mini_dlm import ops
+from mini_dlm import backend
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, positive_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.quality import generative_nll, useful_lengths
 from mini_dlm.roofline import (copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak,
                                timed_call)
-from mini_dlm.sampler import generate, generate_ar
+from mini_dlm.sampler import finish, generate, generate_ar
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
 QUICK = dict(batch_sizes="1,4,16", gen_lens="64", prompt_len=32, repeats=1)  # --quick, for flags left at default
@@ -139,23 +139,23 @@ def decode_fn(config, models, prompts, G, args):
     """(the model config runs, a function that runs one generation: -> (x (B, P + G), stats))."""
     b, tau = args.block_len, args.threshold
     if config == "ar":
-        return models["ar"], lambda: generate_ar(models["ar"], prompts, G)
+        return models["ar"], lambda: finish(generate_ar(models["ar"], prompts, gen_len=G))
     if config == "threshold+block":
         m = models["block"]
-        return m, lambda: generate(m, prompts, G, G, m.config.block_size, threshold=tau, cache="block")
+        return m, lambda: finish(generate(m, prompts, gen_len=G, steps=G, block_len=m.config.block_size, threshold=tau, cache="block"))
     kw = {"dlm": {}, "threshold": dict(threshold=tau), "threshold+dual": dict(threshold=tau, cache="dual")}[config]
-    return models["dlm"], lambda: generate(models["dlm"], prompts, G, G, b, **kw)
+    return models["dlm"], lambda: finish(generate(models["dlm"], prompts, gen_len=G, steps=G, block_len=b, **kw))
 
 
 def validate(models, prompts, args):
     """The exact caches must reproduce their no-cache runs before anything is timed."""
     P, G = prompts[:2], args.gen_lens[0]
-    same = torch.equal(generate_ar(models["ar"], P, G)[0], generate_ar(models["ar"], P, G, kv_cache=False)[0])
+    same = torch.equal(finish(generate_ar(models["ar"], P, gen_len=G))[0], finish(generate_ar(models["ar"], P, gen_len=G, kv_cache=False))[0])
     print(f"check: AR KV cache == no cache, token for token: {'yes' if same else 'NO'}")
     if "block" in models:
         m, bb, tau = models["block"], models["block"].config.block_size, args.threshold
-        exact = torch.equal(generate(m, P, G, G, bb, threshold=tau, cache="block")[0],
-                            generate(m, P, G, G, bb, threshold=tau)[0])
+        exact = torch.equal(finish(generate(m, P, gen_len=G, steps=G, block_len=bb, threshold=tau, cache="block"))[0],
+                            finish(generate(m, P, gen_len=G, steps=G, block_len=bb, threshold=tau))[0])
         print(f"check: block cache == no cache, token for token: {'yes' if exact else 'NO'}")
         same = same and exact
     if not same:
@@ -213,7 +213,7 @@ def main(argv=None):
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
     if not args.no_plots:
         import_pyplot()  # fail now, not after the run
-    if "ext" in kinds and not all(ops.has_kernel(op, device) for op in ("unmask", "block_attention")):
+    if "ext" in kinds and not all(backend.has_kernel(op, device) for op in ("unmask", "block_attention")):
         print(f"note: mini_dlm._C has no kernels for {device.type}: the ext runs are skipped")
         kinds.remove("ext")
     if not args.block_ckpt and "threshold+block" in configs:
@@ -243,7 +243,7 @@ def main(argv=None):
         records, logs = sweep(args, models, prompts_all, tok.eot_id, configs, kinds, device, meta,
                               lambda recs: save(args.out, meta, recs, []))  # a stopped run keeps its points
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
     save(args.out, meta, records, crossovers(records, logs, meta, configs, kinds, args.gen_lens))
     print(f"\nwrote {args.out} ({len(records)} records)")
     if not args.no_plots:
@@ -271,7 +271,7 @@ def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_re
     for G in args.gen_lens:
         for config in configs:
             for kind in kinds:
-                ops.set_backend(kind)
+                backend.set_backend(kind)
                 for B in args.batch_sizes:
                     try:
                         rec, log = measure(config, models, prompts_all[:B], G, args, device, eot_id, roofs)

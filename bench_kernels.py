@@ -20,7 +20,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from mini_dlm import ops
+from mini_dlm import backend, ops
 from mini_dlm.cli import Parser, positive_int, resolve_device, run
 from mini_dlm.roofline import copy_bandwidth, device_name, timed
 
@@ -66,23 +66,23 @@ def bench_unmask(device, peak, repeats, rows_out):
           f"{'% copy':>7} {'speedup':>8}")
     for B, L, V, dtype, rows in UNMASK_SHAPES[device.type]:
         logits, tokens, eligible = unmask_case(B, L, V, dtype, rows, device)
-        call = dict(tau=0.9, banned=[V - 1])
+        call = dict(threshold=0.9, banned=[V - 1])
         # validate first: the same tokens, eligibility and counts as the reference
         t_ref, e_ref, t_ext, e_ext = tokens.clone(), eligible.clone(), tokens.clone(), eligible.clone()
         n_ref = ops.unmask_reference(logits, t_ref, e_ref, **call)
-        ops.set_backend("ext")
+        backend.set_backend("ext")
         n_ext = ops.unmask(logits, t_ext, e_ext, **call)
-        ops.set_backend("auto")
+        backend.set_backend("auto")
         if not (torch.equal(t_ref, t_ext) and torch.equal(e_ref, e_ext) and torch.equal(n_ref, n_ext)):
             raise RuntimeError(f"unmask kernel disagrees with the reference at {(B, L, V, dtype, rows)}")
         # unmask writes its inputs: every timed call gets its own fresh copy, made before the clock runs
         fresh = lambda: iter([(tokens.clone(), eligible.clone()) for _ in range(repeats + 2)])  # noqa: E731
         inputs = fresh()
         us_ref = 1e6 * timed(lambda: ops.unmask_reference(logits, *next(inputs), **call), device, repeats)
-        ops.set_backend("ext")
+        backend.set_backend("ext")
         inputs = fresh()
         us_ext = 1e6 * timed(lambda: ops.unmask(logits, *next(inputs), **call), device, repeats)
-        ops.set_backend("auto")
+        backend.set_backend("auto")
         n_rows = int(eligible.sum())
         gbs = n_rows * V * logits.element_size() / (us_ext * 1e-6) / 1e9
         print(f"{B:>3} {L:>4} {V:>6} {str(dtype).split('.')[-1]:>9} {n_rows:>5} {us_ref:>10.0f} {us_ext:>10.0f} "
@@ -133,9 +133,9 @@ def bench_attention(device, peak, repeats, rows_out):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     device = resolve_device(args.device)
-    missing = [op for op in ("unmask", "block_attention") if not ops.has_kernel(op, device)]
+    missing = [op for op in ("unmask", "block_attention") if not backend.has_kernel(op, device)]
     if missing:
-        why = ops.missing_kernel_reason(device) or "pip install --no-build-isolation -e ."
+        why = backend.missing_kernel_reason(device) or "pip install --no-build-isolation -e ."
         raise ValueError(f"mini_dlm._C has no {' / '.join(missing)} kernel for {device.type} ({why})")
     name = device_name(device)
     peak = copy_bandwidth(device, args.repeats) / 1e9  # GB/s

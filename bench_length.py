@@ -24,10 +24,10 @@ import torch
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, non_negative_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
-from mini_dlm.dynamic import generate_dynamic
+from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.quality import distinct3, generative_nll, load_judge, useful_lengths
 from mini_dlm.roofline import count_forwards, device_name, timed_call
-from mini_dlm.sampler import generate
+from mini_dlm.sampler import finish, generate
 
 
 def get_parser():
@@ -76,12 +76,13 @@ def main(argv=None):
 
     def gen():
         return torch.Generator(device).manual_seed(args.seed)
-    runs = [(f"fixed {G}", lambda G=G: generate(model, prompts, G, G, G, temperature=T, threshold=args.threshold,
-                                                generator=gen())) for G in fixed]
-    runs.append(("auto", lambda: generate_dynamic(
-        model, prompts, args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold,
-        args.insert, args.threshold, T, generator=gen(), eot_id=tok.eot_id)))
-    generate(model, prompts[:2], 16, 16, 16)  # warm-up
+    runs = [(f"fixed {G}", lambda G=G: finish(generate(model, prompts, gen_len=G, block_len=G, temperature=T,
+                                                       threshold=args.threshold, generator=gen())))
+            for G in fixed]
+    length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold, args.insert)
+    runs.append(("auto", lambda: finish(generate_dynamic(model, prompts, length=length, threshold=args.threshold,
+                                                         temperature=T, generator=gen(), eot_id=tok.eot_id))))
+    finish(generate(model, prompts[:2], gen_len=16, steps=16, block_len=16))  # warm-up
     P = max(len(p) for p in prompts)
     print(f"\n{len(prompts)} prompts, threshold {args.threshold}, temperature {T}, one batch, on {device_name(device)}")
     print(f"{'config':<10} {'useful':>7} {'ended':>6} {'passes':>6} {'positions':>10} {'canvas':>7} {'seconds':>8} "

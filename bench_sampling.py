@@ -28,7 +28,7 @@ from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
 from mini_dlm.quality import distinct3, generative_nll, load_judge
 from mini_dlm.roofline import device_name, timed_call
-from mini_dlm.sampler import generate
+from mini_dlm.sampler import finish, generate
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
 
@@ -76,14 +76,14 @@ def main(argv=None):
 
     amp = autocast(device)
     with amp:  # warm-up: first calls pay for thread pools, allocators, kernel selection
-        generate(full, prompts[0], b, b, b)
+        finish(generate(full, prompts[0], gen_len=b, steps=b, block_len=b))
 
     results = {}
     for label, model, kw, _ in runs:
         outs, seconds, passes = [], 0.0, 0
         for p in prompts:
             with amp:
-                (x, stats), dt = timed_call(lambda: generate(model, p, G, **kw), device)
+                (x, stats), dt = timed_call(lambda: finish(generate(model, p, gen_len=G, **kw)), device)
             outs.append(x[0, len(p):].tolist())
             seconds, passes = seconds + dt, passes + stats["forward_passes"]
         results[label] = (outs, seconds, passes)

@@ -6,7 +6,7 @@ kernel launch costs a thousand times its normal time.
     compute-sanitizer --tool memcheck python scripts/sanitize_ops.py
 
 unmask: fp32 / bf16 / fp16 logits, rows that are not 16-byte aligned (V = 1001, and a storage
-that starts one element in), banned ids inside, every kind x rule, with and without a
+that starts one element in), banned ids inside, every remasking x rule, with and without a
 temperature. block_attention: the fp32 kernel and the tensor-core kernel (bf16, fp16), with
 16-byte loads and without (odd strides), one split and several, D = 32, 64, 128.
 Exits 1 if any result differs from the reference.
@@ -17,11 +17,12 @@ import sys
 
 import torch
 
-from mini_dlm import ops
+from mini_dlm import backend, ops
+from mini_dlm.op_args import REMASKING
 
 torch.manual_seed(0)
 cuda = torch.device("cuda")
-ops.set_backend("ext")
+backend.set_backend("ext")
 failures = []
 
 # -- unmask
@@ -29,20 +30,20 @@ B, L, V = 2, 24, 1001
 for dtype in (torch.float32, torch.bfloat16, torch.float16):
     flat = (torch.randn(B * L * V + 1) * 3).to(dtype)
     logits = flat[1:].view(B, L, V)  # unaligned rows
-    for kind, mode, temperature in itertools.product(ops.KINDS, ({"k": torch.tensor([3, 30])}, {"tau": 0.4},
+    for remasking, mode, temperature in itertools.product(REMASKING, ({"k": torch.tensor([3, 30])}, {"threshold": 0.4},
                                                                  {"factor": 1.5}), (0.0, 0.7)):
         eligible = torch.rand(B, L) < 0.6
         tokens = torch.full((B, L), V - 1)
         scores = torch.rand(B, L, dtype=torch.float64)
         t1, e1 = tokens.clone(), eligible.clone()
-        n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, banned=[V - 1, 7],
+        n1 = ops.unmask_reference(logits, t1, e1, remasking=remasking, scores=scores, temperature=temperature, banned=[V - 1, 7],
                                   **mode)
         t2, e2 = tokens.to(cuda), eligible.to(cuda)
         cuda_mode = {k: (v.to(cuda) if torch.is_tensor(v) else v) for k, v in mode.items()}
-        n2 = ops.unmask(flat.to(cuda)[1:].view(B, L, V), t2, e2, kind=kind, scores=scores.to(cuda),
+        n2 = ops.unmask(flat.to(cuda)[1:].view(B, L, V), t2, e2, remasking=remasking, scores=scores.to(cuda),
                         temperature=temperature, banned=[V - 1, 7], **cuda_mode)
         if not (torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu())):
-            failures.append(("unmask", dtype, kind, mode, temperature))
+            failures.append(("unmask", dtype, remasking, mode, temperature))
 
 
 # -- block_attention
@@ -68,7 +69,7 @@ for dtype, D, odd, (Bq, H, b, Lc, Ls) in itertools.product(
         failures.append(("block_attention", dtype, D, odd, (Bq, H, b, Lc, Ls)))
 
 torch.cuda.synchronize()
-assert ops.backends_ran() == {"unmask": "ext", "block_attention": "ext"}, ops.backends_ran()
+assert backend.backends_ran() == {"unmask": "ext", "block_attention": "ext"}, backend.backends_ran()
 for f in failures:
     print("differs from the reference:", f)
 print(f"sanitize_ops: {'FAILED' if failures else 'ok'} ({len(failures)} of the cases differ)")

@@ -39,3 +39,10 @@ def tiny_model(objective="mdm", vocab_size=64, seq_len=48, seed=0, **kw):
     cfg = ModelConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=2, n_head=2, n_embd=32,
                       mask_id=vocab_size - 1, objective=objective, **kw)
     return Transformer(cfg).eval()
+
+
+def record(steps, history):
+    """Pass a sampler's steps on, appending (step number, block, x, committed) copies to history."""
+    for n, step in enumerate(steps, 1):
+        history.append((n, step.block, step.x.clone(), step.committed.clone()))
+        yield step

@@ -1,6 +1,6 @@
 """The AR baseline's KV cache.  python -m pytest -q tests/test_ar_cache.py
 
-generate_ar(kv_cache=False) recomputes the whole prefix at every step: it is the spec. The
+finish(generate_ar(kv_cache=False)) recomputes the whole prefix at every step: it is the spec. The
 cached run must give the same tokens, on the reference attention ("torch") and, when
 mini_dlm._C is built, the compiled one ("ext"). The models run in float64 so that rounding
 cannot flip a near-tie. At tiny_model's initialisation attention is almost uniform, so the
@@ -11,10 +11,10 @@ that broken caches change the tokens."""
 import pytest
 import torch
 
-from conftest import tiny_model
-from mini_dlm import ops
+from conftest import record, tiny_model
+from mini_dlm import backend
 from mini_dlm.kvcache import KVCache
-from mini_dlm.sampler import generate_ar
+from mini_dlm.sampler import finish, generate_ar
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]  # left-padded to 7 in a batch
 
@@ -29,19 +29,19 @@ def sharp_model(seed=2):
     return model
 
 
-@pytest.fixture(autouse=True, params=["torch", "ext"] if ops.HAS_EXT else ["torch"])
-def backend(request):
-    ops.set_backend(request.param)
+@pytest.fixture(autouse=True, params=["torch", "ext"] if backend.HAS_EXT else ["torch"])
+def op_backend(request):
+    backend.set_backend(request.param)
     yield request.param
-    ops.set_backend("auto")
+    backend.set_backend("auto")
 
 
 def run(model, prompts, gen_len, kv_cache, temperature=0.0):
-    """generate_ar with a fixed seed -> (x, stats, [(step, x, committed)] from on_step)."""
+    """generate_ar with a fixed seed -> (x, stats, [(step, x, committed)] of every step)."""
     history = []
-    x, stats = generate_ar(model, prompts, gen_len, temperature, torch.Generator().manual_seed(7),
-                           lambda step, b, x, c: history.append((step, x.clone(), c.clone())), kv_cache=kv_cache)
-    return x, stats, history
+    x, stats = finish(record(generate_ar(model, prompts, gen_len=gen_len, temperature=temperature,
+                                         generator=torch.Generator().manual_seed(7), kv_cache=kv_cache), history))
+    return x, stats, [(n, xs, c) for n, _, xs, c in history]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
@@ -75,14 +75,15 @@ def test_each_cached_step_feeds_one_token(monkeypatch):
     model = tiny_model("ar", seq_len=48, seed=1)
     widths, appended = [], []  # tokens per forward, per append
     model.register_forward_pre_hook(lambda mod, args: widths.append(args[0].shape[1]))
-    append = KVCache.append
+    update = KVCache.update
 
-    def counting_append(self, kv_out):
-        appended.append(kv_out[0][0].shape[2])
-        append(self, kv_out)
+    def counting_update(self, i, k, v):
+        if self.state == "append" and i == 0:
+            appended.append(k.shape[2])
+        update(self, i, k, v)
 
-    monkeypatch.setattr(KVCache, "append", counting_append)
-    x, stats = generate_ar(model, PROMPTS, 12)
+    monkeypatch.setattr(KVCache, "update", counting_update)
+    x, stats = finish(generate_ar(model, PROMPTS, gen_len=12))
     assert widths == [7] + [1] * 11 and stats["forward_passes"] == 12
     assert appended == [1] * 10  # steps 2 .. 11; step 12's token is never read
 
@@ -94,10 +95,11 @@ def test_a_broken_cache_is_caught(broken, monkeypatch):
     model = sharp_model()
     x_ref, _, _ = run(model, PROMPTS, 20, False)
     if broken == "no append":
-        monkeypatch.setattr(KVCache, "append", lambda self, kv_out: None)
+        monkeypatch.setattr(KVCache, "append_next", lambda self: self)  # stays in the read state
     else:
         forward = model.forward
         monkeypatch.setattr(model, "forward", lambda idx, attn_mask=None, pos=None, cache=None, **kw:
-                            forward(idx, attn_mask, pos if cache is None else pos + 1, cache, **kw))
+                            forward(idx, attn_mask, pos if cache is None or cache.state == "record" else pos + 1, cache,
+                                    **kw))
     x, _, _ = run(model, PROMPTS, 20, True)
     assert (x != x_ref).any(dim=1).all()

@@ -15,13 +15,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bench
 from conftest import tiny_model
-from mini_dlm import ops
+from mini_dlm import backend
 from mini_dlm.checkpoint import save_checkpoint
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig, Transformer
 from mini_dlm.quality import distinct3, generative_nll, useful_lengths
 from mini_dlm.roofline import analytic_log, count_forwards, crossover_closed_form, forward_cost
-from mini_dlm.sampler import generate, generate_ar
+from mini_dlm.sampler import finish, generate, generate_ar
 
 
 def counted_flops(fn):
@@ -46,15 +46,14 @@ def test_forward_cost_counts_cached_keys():
     attention computes over exactly those keys when the prefix is full, so torch's count agrees."""
     model = tiny_model("mdm", seq_len=32)
     x = torch.randint(0, 60, (2, 32))
-    kv_out = []
-    model(x, kv_out=kv_out)
-    kv = KVCache.from_forward(kv_out, torch.zeros(2, dtype=torch.long), 8, suffix_from=16)
-    ops.set_backend("torch")
+    kv = KVCache(model.config.n_layer, torch.zeros(2, dtype=torch.long), 8, suffix_from=16)
+    model(x, cache=kv)  # records the prefix and the suffix
+    backend.set_backend("torch")
     try:
         with count_forwards(model) as log:
             n = counted_flops(lambda: model(x[:, 8:16], pos=torch.arange(8, 16), cache=kv))
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
     assert log.total_flops == n
     f, w, r = forward_cost(model.config, 2, 8, 2 * 32, 8, False, 4)
     C, layers = model.config.n_embd, model.config.n_layer
@@ -64,7 +63,7 @@ def test_forward_cost_counts_cached_keys():
 def test_count_forwards_logs_every_pass_of_a_generation():
     model = tiny_model("mdm", seq_len=48)
     with count_forwards(model) as log:
-        _, stats = generate(model, [[1, 2, 3], [4, 5]], 16, 16, 8, threshold=0.5, cache="dual")
+        _, stats = finish(generate(model, [[1, 2, 3], [4, 5]], gen_len=16, steps=16, block_len=8, threshold=0.5, cache="dual"))
     assert len(log.flops) == stats["forward_passes"]
     B, L, b = 2, 3 + 16, 8
     full, cached = 2, stats["forward_passes"] - 2  # one full pass per block, the rest over the block
@@ -75,9 +74,9 @@ def test_scaled_prediction_matches_a_bigger_batch():
     """predict_seconds(scale=4) of a batch-1 log == the batch-4 log (same prompt in every row)."""
     model = tiny_model("ar", seq_len=48)
     with count_forwards(model) as one:
-        generate_ar(model, [[1, 2, 3, 4]], 12)
+        finish(generate_ar(model, [[1, 2, 3, 4]], gen_len=12))
     with count_forwards(model) as four:
-        generate_ar(model, [[1, 2, 3, 4]] * 4, 12)
+        finish(generate_ar(model, [[1, 2, 3, 4]] * 4, gen_len=12))
     assert four.total_flops == 4 * one.total_flops
     for peak, bw in ((1e9, 1e12), (1e12, 1e9), (1e10, 1e10)):
         assert math.isclose(one.predict_seconds(peak, bw, 4), four.predict_seconds(peak, bw), rel_tol=0.02)
@@ -149,7 +148,7 @@ def test_bench_end_to_end(checkpoints, corpus_file, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "check: AR KV cache == no cache, token for token: yes" in printed
     data = json.loads(out.read_text())
-    kinds = ["ext", "torch"] if ops.has_kernel("unmask", torch.device("cpu")) else ["torch"]
+    kinds = ["ext", "torch"] if backend.has_kernel("unmask", torch.device("cpu")) else ["torch"]
     recs = data["records"]
     assert len(recs) == len(bench.CONFIGS) * len(kinds) * 2 * 2  # configs x ops x gen-lens x batch sizes
     for r in recs:
@@ -212,9 +211,9 @@ def test_analytic_passes_match_a_real_run(config):
     cache = {"threshold+dual": "dual", "threshold+block": "block"}.get(config, "none")
     with count_forwards(model) as log:
         if config == "ar":
-            generate_ar(model, prompts, G)
+            finish(generate_ar(model, prompts, gen_len=G))
         else:
-            generate(model, prompts, G, G, b, cache=cache)
+            finish(generate(model, prompts, gen_len=G, steps=G, block_len=b, cache=cache))
     predicted = analytic_log(model.config, config, 2, P, G, b, elem=4)
     assert predicted.flops == log.flops and predicted.weight_bytes == log.weight_bytes
     assert predicted.row_bytes == log.row_bytes and predicted.positions == log.positions

@@ -11,7 +11,7 @@ import torch
 import sample
 import train_tiny
 from conftest import ROOT
-from mini_dlm import ops
+from mini_dlm.backend import HAS_EXT
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import run
 
@@ -250,7 +250,7 @@ def test_backends_give_the_same_text(trained, capsys):
                      "--block-len", "8", "--threshold", "0.3", "--temperature", "0.7", "--backend", backend])
         out = capsys.readouterr().out
         texts.append(out[out.index("--- sample"):out.index("--- forward passes")])
-        ran = "ext" if backend == "auto" and ops.HAS_EXT else "torch"  # the stats line names what ran
+        ran = "ext" if backend == "auto" and HAS_EXT else "torch"  # the stats line names what ran
         assert f"tokens/s | ops unmask {ran}\n" in out, out
     assert texts[0] == texts[1]
 

@@ -6,13 +6,19 @@ import torch
 import sample
 from conftest import tiny_model
 from test_cli import fails_cleanly, trained  # noqa: F401 (trained: a fixture)
-from mini_dlm.dynamic import forward_region, generate_dynamic, insert_masks, resize
 from mini_dlm.checkpoint import save_checkpoint
+from mini_dlm.dynamic import Daedal, forward_region, generate_dynamic, insert_masks, resize
 from mini_dlm.model import ModelConfig, Transformer
-from mini_dlm.sampler import generate, make_canvas
+from mini_dlm.sampler import finish, generate, make_canvas, stop_at
 
 PROMPTS = [[1, 2, 3], [4, 5], [9, 10, 11, 12, 13], [20], [30, 31]]
 EOT, M = 62, 63  # tiny_model: vocabulary 64, M the last id; end-of-text just below it, as in the tokenizer
+
+
+def daedal(model, prompts, **kw):
+    """generate_dynamic run to the end, DAEDAL's knobs given as keywords."""
+    knobs = {name: kw.pop(name) for name in vars(Daedal()) if name in kw}
+    return finish(generate_dynamic(model, prompts, length=Daedal(**knobs), **kw))
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +45,11 @@ def tail_eot(model, prompts, init_len, tail=8):
 @pytest.mark.parametrize("init_len,grow,max_len", [(8, 8, 32), (8, 10, 25), (16, 16, 16)])
 def test_growth_until_confident_or_max_len(model, init_len, grow, max_len):
     kw = dict(init_len=init_len, grow=grow, max_len=max_len, threshold=None, eot_id=EOT)
-    x, st = generate_dynamic(model, PROMPTS, eot_threshold=1.0, **kw)  # never confident: grows to max-len
+    x, st = daedal(model, PROMPTS, eot_threshold=1.0, **kw)  # never confident: grows to max-len
     steps = -(-(max_len - init_len) // grow)
     assert st["lengths"].tolist() == [max_len] * len(PROMPTS) and st["length_passes"] == 1 + steps
     assert st["forward_passes"] == st["length_passes"] - 1 + max_len  # then one token per pass
-    x, st = generate_dynamic(model, PROMPTS, eot_threshold=0.0, **kw)  # always confident: no growth
+    x, st = daedal(model, PROMPTS, eot_threshold=0.0, **kw)  # always confident: no growth
     assert st["lengths"].tolist() == [init_len] * len(PROMPTS) and st["length_passes"] == 1
     assert x.shape[1] == max(map(len, PROMPTS)) + init_len
 
@@ -51,7 +57,7 @@ def test_growth_until_confident_or_max_len(model, init_len, grow, max_len):
 def test_only_unconfident_rows_grow(model):
     conf = tail_eot(model, PROMPTS, 8)
     tau = split_point(conf)
-    x, st = generate_dynamic(model, PROMPTS, init_len=8, max_len=32, grow=8, eot_threshold=tau, threshold=None,
+    x, st = daedal(model, PROMPTS, init_len=8, max_len=32, grow=8, eot_threshold=tau, threshold=None,
                              eot_id=EOT)
     assert st["lengths"][conf >= tau].eq(8).all() and st["lengths"][conf < tau].gt(8).all()
 
@@ -60,11 +66,11 @@ def test_batched_rows_compute_what_they_would_alone(model):
     tau = split_point(tail_eot(model, PROMPTS, 8))
     kw = dict(init_len=8, max_len=32, grow=8, eot_threshold=tau, low_threshold=0.02, insert=3, threshold=0.3,
               eot_id=EOT)
-    x, st = generate_dynamic(model, PROMPTS, **kw)
+    x, st = daedal(model, PROMPTS, **kw)
     assert len(set(st["lengths"].tolist())) > 1  # rows of different lengths in one batch
     P = x.shape[1] - int(st["lengths"].max())
     for r, p in enumerate(PROMPTS):
-        xa, sa = generate_dynamic(model, [p], **kw)
+        xa, sa = daedal(model, [p], **kw)
         n = int(sa["lengths"][0])
         assert n == st["lengths"][r]
         assert torch.equal(x[r, P - len(p):P + n], xa[0, :len(p) + n])
@@ -76,7 +82,7 @@ def test_finished_rows_leave_the_batch(model):
     widths = []
     handle = model.register_forward_pre_hook(lambda mod, args: widths.append(args[0].shape[0]))
     try:
-        _, st = generate_dynamic(model, PROMPTS, init_len=8, max_len=32, grow=8, eot_threshold=tau, threshold=None,
+        _, st = daedal(model, PROMPTS, init_len=8, max_len=32, grow=8, eot_threshold=tau, threshold=None,
                                  eot_id=EOT)
     finally:
         handle.remove()
@@ -85,7 +91,7 @@ def test_finished_rows_leave_the_batch(model):
 
 
 def test_inserted_masks_are_filled(model):
-    x, st = generate_dynamic(model, PROMPTS, init_len=8, max_len=30, grow=8, eot_threshold=0.0, low_threshold=1.0,
+    x, st = daedal(model, PROMPTS, init_len=8, max_len=30, grow=8, eot_threshold=0.0, low_threshold=1.0,
                              insert=4, threshold=0.5, eot_id=EOT)
     assert st["insertions"] > 0 and (st["lengths"] > 8).all() and (st["lengths"] <= 30).all()
     assert not (x == M).any()
@@ -96,7 +102,7 @@ def test_inserted_masks_are_filled(model):
 @pytest.mark.parametrize("threshold", [None, 0.2, 0.9])
 def test_output_never_contains_a_mask(model, kind, temperature, threshold):
     g = torch.Generator().manual_seed(0)
-    x, st = generate_dynamic(model, PROMPTS, init_len=4, max_len=24, grow=4, eot_threshold=0.016, low_threshold=0.03,
+    x, st = daedal(model, PROMPTS, init_len=4, max_len=24, grow=4, eot_threshold=0.016, low_threshold=0.03,
                              insert=2, threshold=threshold, temperature=temperature, remasking=kind, generator=g,
                              eot_id=EOT)
     assert not (x == M).any() and (st["lengths"] <= 24).all()
@@ -120,12 +126,12 @@ def test_resize_and_insert_masks():
 ])
 def test_bad_options(model, kw, match):
     with pytest.raises(ValueError, match=match):
-        generate_dynamic(model, PROMPTS, **kw)
+        daedal(model, PROMPTS, **kw)
 
 
 def test_block_models_are_refused():
     with pytest.raises(ValueError, match="full-attention"):
-        generate_dynamic(tiny_model("mdm", seq_len=48, block_size=8), PROMPTS)
+        daedal(tiny_model("mdm", seq_len=48, block_size=8), PROMPTS)
 
 
 def test_sample_gen_len_auto(trained, capsys):
@@ -150,16 +156,17 @@ def test_sample_gen_len_auto_bad_input(trained, capsys, argv, match):
 
 @pytest.mark.parametrize("block_size,cache", [(8, "block"), (8, "none"), (0, "dual"), (0, "prefix"), (0, "none")])
 def test_stop_at_is_exact_and_stops_early(block_size, cache):
-    """generate(stop_at=id) returns the full run's canvas up to the first block after which
+    """stop_at(generate(), id) returns the full run's canvas up to the first block after which
     every row holds id, with fewer passes (block diffusion: growth block by block)."""
     m = tiny_model("mdm", seq_len=48, block_size=block_size).double()
     prompts = [[1, 2, 3], [1, 2, 3]]
-    x, st = generate(m, prompts, 32, 32, 8, threshold=0.5, cache=cache)
+    x, st = finish(generate(m, prompts, gen_len=32, steps=32, block_len=8, threshold=0.5, cache=cache))
     P = 3
     stop = int(x[0, P])  # a token both rows write in their first block (same prompt, same model)
-    y, st2 = generate(m, prompts, 32, 32, 8, threshold=0.5, cache=cache, stop_at=stop)
+    y, st2 = finish(stop_at(generate(m, prompts, gen_len=32, steps=32, block_len=8, threshold=0.5, cache=cache), stop, P))
     assert torch.equal(y, x[:, :P + 8]) and st2["forward_passes"] < st["forward_passes"]
-    z, _ = generate(m, prompts, 32, 32, 8, threshold=0.5, cache=cache, stop_at=M - 1 if stop != M - 1 else 0)
+    z, _ = finish(stop_at(generate(m, prompts, gen_len=32, steps=32, block_len=8, threshold=0.5, cache=cache),
+                          M - 1 if stop != M - 1 else 0, P))
     if not (x[:, P:] == (M - 1 if stop != M - 1 else 0)).any(dim=1).all():
         assert torch.equal(z, x)  # never every row: the whole canvas
 

@@ -10,20 +10,21 @@ import re
 import pytest
 import torch
 
-from mini_dlm import ops
+from mini_dlm import backend, ops
+from mini_dlm.op_args import REMASKING
 
-pytestmark = pytest.mark.skipif(not ops.HAS_EXT, reason="mini_dlm._C is not built")
+pytestmark = pytest.mark.skipif(not backend.HAS_EXT, reason="mini_dlm._C is not built")
 
 INF = float("inf")
-CUDA = torch.cuda.is_available() and ops.has_kernel("unmask", torch.device("cuda"))
+CUDA = torch.cuda.is_available() and backend.has_kernel("unmask", torch.device("cuda"))
 NO_CUDA = "no GPU, or mini_dlm._C built without its CUDA kernels"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason=NO_CUDA))]
 
 
-def ext_unmask(logits, tokens, eligible, banned, k=None, tau=None, factor=None, kind="low_confidence",
+def ext_unmask(logits, tokens, eligible, banned, k=None, threshold=None, factor=None, remasking="low_confidence",
                scores=None, temperature=0.0, seed=0):
-    rule = "schedule" if k is not None else "threshold" if tau is not None else "factor"
-    return torch.ops.mini_dlm.unmask(logits, tokens, eligible, banned, k, tau or 0.0, factor or 0.0, rule, kind,
+    rule = "schedule" if k is not None else "threshold" if threshold is not None else "factor"
+    return torch.ops.mini_dlm.unmask(logits, tokens, eligible, banned, k, threshold or 0.0, factor or 0.0, rule, remasking,
                                      scores, temperature, seed)
 
 
@@ -44,25 +45,25 @@ SHAPES = [(1, 1, 2), (2, 1, 13), (3, 7, 13), (2, 33, 257), (4, 16, 1001), (1, 64
 
 
 def fuzz_unmask(B, L, V, dtype, device):
-    """The compiled op on `device` against the reference on the CPU, for every kind x rule x
+    """The compiled op on `device` against the reference on the CPU, for every remasking x rule x
     eligibility x temperature (not a diagonal through them); tokens are a view into a wider
     canvas, and nothing outside the view may change."""
-    for trial, (kind, rule, p, temperature) in enumerate(itertools.product(
-            ops.KINDS, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):  # p: all, none or some eligible
+    for trial, (remasking, rule, p, temperature) in enumerate(itertools.product(
+            REMASKING, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):  # p: all, none or some eligible
         logits, tokens, eligible, scores = case(trial, B, L, V, dtype, p)
-        mode = [{"k": torch.randint(0, L + 2, (B,))}, {"tau": [0.2, 0.9, 1.0, -2.0][trial % 4]},
+        mode = [{"k": torch.randint(0, L + 2, (B,))}, {"threshold": [0.2, 0.9, 1.0, -2.0][trial % 4]},
                 {"factor": 1.0 + trial % 3}][rule]
         t1, e1 = tokens.clone(), eligible.clone()
-        n1 = ops.unmask_reference(logits, t1, e1, kind=kind, scores=scores, temperature=temperature, seed=trial,
+        n1 = ops.unmask_reference(logits, t1, e1, remasking=remasking, scores=scores, temperature=temperature, seed=trial,
                                   banned=[V - 1], **mode)
         canvas = torch.zeros(B, L + 3, dtype=torch.long, device=device)
         t2, e2 = canvas[:, 2:L + 2], eligible.to(device)
         t2.copy_(tokens)
         mode = {key: (val.to(device) if torch.is_tensor(val) else val) for key, val in mode.items()}
-        n2 = ext_unmask(logits.to(device), t2, e2, [V - 1], kind=kind, scores=scores.to(device),
+        n2 = ext_unmask(logits.to(device), t2, e2, [V - 1], remasking=remasking, scores=scores.to(device),
                         temperature=temperature, seed=trial, **mode)
         assert torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu()), \
-            (kind, mode, temperature)
+            (remasking, mode, temperature)
         assert (canvas[:, :2] == 0).all() and (canvas[:, L + 2:] == 0).all()  # wrote only inside the view
 
 
@@ -73,7 +74,7 @@ def test_unmask_fuzz_matches_reference(B, L, V, dtype, device):
     fuzz_unmask(B, L, V, dtype, device)
 
 
-@pytest.mark.parametrize("mode", [{"factor": 1.0}, {"tau": 0.5}, {"k": torch.tensor([1, 1])}])
+@pytest.mark.parametrize("mode", [{"factor": 1.0}, {"threshold": 0.5}, {"k": torch.tensor([1, 1])}])
 def test_unmask_empty_canvas_commits_nothing_on_both_backends(mode):
     """L = 0: every rule commits nothing, in the reference and the kernel alike."""
     for fn in (ops.unmask_reference, ext_unmask_public):
@@ -83,75 +84,75 @@ def test_unmask_empty_canvas_commits_nothing_on_both_backends(mode):
 
 
 def ext_unmask_public(*args, **kwargs):
-    ops.set_backend("ext")
+    backend.set_backend("ext")
     try:
         return ops.unmask(*args, **kwargs)
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", ["low_confidence", "margin"])
-def test_unmask_tau_one_on_near_certain_rows(device, kind):
+@pytest.mark.parametrize("remasking", ["low_confidence", "margin"])
+def test_unmask_tau_one_on_near_certain_rows(device, remasking):
     """Every row leads by 20 nats: c = 1 - 39 e^-20 < 1 in float64, but exactly 1.0 in fp32.
-    tau = 1 must commit one position per row, as the float64 reference does (a kernel that
+    threshold = 1 must commit one position per row, as the float64 reference does (a kernel that
     sums in fp32 commits all eight)."""
     logits = torch.zeros(2, 8, 40)
     logits[:, :, 3] = 20.0
     tokens, eligible = torch.full((2, 8), 39), torch.ones(2, 8, dtype=torch.bool)
-    n_ref = ops.unmask_reference(logits, tokens.clone(), eligible.clone(), tau=1.0, kind=kind, banned=[39])
-    n_ext = ext_unmask(logits.to(device), tokens.to(device), eligible.to(device), [39], tau=1.0, kind=kind)
+    n_ref = ops.unmask_reference(logits, tokens.clone(), eligible.clone(), threshold=1.0, remasking=remasking, banned=[39])
+    n_ext = ext_unmask(logits.to(device), tokens.to(device), eligible.to(device), [39], threshold=1.0, remasking=remasking)
     assert n_ref.tolist() == [1, 1] and n_ext.tolist() == [1, 1]
 
 
-HAS_CUDA_KERNELS = ops.has_kernel("unmask", torch.device("cuda"))
+HAS_CUDA_KERNELS = backend.has_kernel("unmask", torch.device("cuda"))
 
 
 @pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="mini_dlm._C has no CUDA kernels (a CPU build)")
 def test_auto_runs_the_reference_on_cuda_until_the_kernels_are_validated():
     """Deciding needs no GPU, only a build with CUDA kernels (CI builds one against torch's CUDA
-    build): auto takes them only once ops.CUDA_VALIDATED, ext always."""
+    build): auto takes them only once backend.CUDA_VALIDATED, ext always."""
     cuda = torch.device("cuda")
     try:
-        ops.set_backend("auto")
-        assert ops.use_ext("unmask", cuda) == ops.use_ext("block_attention", cuda) == ops.CUDA_VALIDATED
-        assert ops.describe_backend("unmask", cuda) == ("ext" if ops.CUDA_VALIDATED else
+        backend.set_backend("auto")
+        assert backend.use_ext("unmask", cuda) == backend.use_ext("block_attention", cuda) == backend.CUDA_VALIDATED
+        assert backend.describe_backend("unmask", cuda) == ("ext" if backend.CUDA_VALIDATED else
                                                        "torch (the CUDA kernels are not yet validated on a GPU; "
                                                        "--backend ext runs them)")
-        ops.set_backend("ext")
-        assert ops.use_ext("unmask", cuda) and ops.use_ext("block_attention", cuda)
+        backend.set_backend("ext")
+        assert backend.use_ext("unmask", cuda) and backend.use_ext("block_attention", cuda)
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
 
 
 @pytest.mark.skipif(HAS_CUDA_KERNELS, reason="mini_dlm._C has CUDA kernels")
 def test_backend_ext_without_cuda_kernels_says_why():
     """A build without CUDA kernels: 'ext' on a CUDA device is one error that names the reason
     setup.py recorded (here: torch is a CPU build, or no GPU was seen at install)."""
-    why = ops._build_info().get("why")
+    why = backend._build_info().get("why")
     assert why  # setup.py wrote it
     try:
-        ops.set_backend("ext")
+        backend.set_backend("ext")
         with pytest.raises(ValueError, match=re.escape(f"no unmask kernel for cuda (built without its CUDA kernels: {why})")):
-            ops.use_ext("unmask", torch.device("cuda"))
+            backend.use_ext("unmask", torch.device("cuda"))
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
 
 
 def test_public_unmask_dispatches_and_the_switch_forces_the_reference():
     cpu = torch.device("cpu")
     try:
-        ops.set_backend("auto")
-        assert ops.use_ext("unmask", cpu)  # auto: the compiled op
-        ops.set_backend("torch")
-        assert not ops.use_ext("unmask", cpu)
-        ops.set_backend("ext")
+        backend.set_backend("auto")
+        assert backend.use_ext("unmask", cpu)  # auto: the compiled op
+        backend.set_backend("torch")
+        assert not backend.use_ext("unmask", cpu)
+        backend.set_backend("ext")
         with pytest.raises(ValueError, match="no block_attention kernel for mps"):
-            ops.use_ext("block_attention", torch.device("mps"))
+            backend.use_ext("block_attention", torch.device("mps"))
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
     with pytest.raises(ValueError, match="backend"):
-        ops.set_backend("cuda")
+        backend.set_backend("cuda")
 
 
 def test_unmask_opcheck():
@@ -168,7 +169,7 @@ def test_unmask_opcheck():
     (lambda a: a.update(banned=[]), "banned"),
     (lambda a: a.update(banned=[99]), "outside"),
     (lambda a: a.update(rule="topk"), "rule"),
-    (lambda a: a.update(kind="greedy"), "kind"),
+    (lambda a: a.update(remasking="greedy"), "kind"),
     (lambda a: a.update(k=None), "schedule mode needs k"),
     (lambda a: a.update(logits=a["logits"].transpose(1, 2).contiguous().transpose(1, 2)), "contiguous in V"),
     (lambda a: a.update(logits=a["logits"][0]), "logits must be"),
@@ -176,7 +177,7 @@ def test_unmask_opcheck():
 def test_unmask_bad_inputs_raise_runtime_error(change, match):
     logits, tokens, eligible, _ = case(2, 2, 5, 7, torch.float32, 0.5)
     a = dict(logits=logits, tokens=tokens.clone(), eligible=eligible.clone(), banned=[6], k=torch.tensor([1, 1]),
-             tau=0.0, factor=0.0, rule="schedule", kind="low_confidence", scores=None, temperature=0.0, seed=0)
+             threshold=0.0, factor=0.0, rule="schedule", remasking="low_confidence", scores=None, temperature=0.0, seed=0)
     change(a)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.mini_dlm.unmask(*a.values())
@@ -187,14 +188,14 @@ def test_public_unmask_accepts_what_the_reference_accepts():
     logits, tokens, eligible, scores = case(4, 2, 6, 11, torch.float32, 0.7)
     strided = logits.transpose(1, 2).contiguous().transpose(1, 2)  # same values, V not contiguous
     t1, e1, t2, e2 = tokens.clone(), eligible.clone(), tokens.clone(), eligible.clone()
-    n1 = ops.unmask_reference(logits, t1, e1, tau=0.3, kind="random", scores=scores, banned=[10])
-    ops.set_backend("ext")
+    n1 = ops.unmask_reference(logits, t1, e1, threshold=0.3, remasking="random", scores=scores, banned=[10])
+    backend.set_backend("ext")
     try:
-        n2 = ops.unmask(strided, t2, e2, tau=0.3, kind="random", scores=scores.float().double(), banned=[10])
-        n3 = ops.unmask(strided, tokens.clone(), eligible.clone(), tau=0.3, kind="random", scores=scores.float(),
+        n2 = ops.unmask(strided, t2, e2, threshold=0.3, remasking="random", scores=scores.float().double(), banned=[10])
+        n3 = ops.unmask(strided, tokens.clone(), eligible.clone(), threshold=0.3, remasking="random", scores=scores.float(),
                         banned=[10])
     finally:
-        ops.set_backend("auto")
+        backend.set_backend("auto")
     assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2)
     assert n3.shape == n1.shape
 
@@ -230,7 +231,7 @@ def attention_case(seed, B, H, b, D, Lc, Ls, dtype, device="cpu"):
         plen = plen.to(device)
     if Ls is not None:
         whole = rnd(2, B, H, Ls + 1, D)
-        ks, vs = whole[0, :, :, 1:], whole[1, :, :, 1:]  # slices of one tensor, like kv_out[:, :, hi:]
+        ks, vs = whole[0, :, :, 1:], whole[1, :, :, 1:]  # slices of one tensor, like a recorded suffix k[:, :, hi:]
     return q, k, v, kp, vp, plen, ks, vs
 
 
@@ -293,13 +294,12 @@ def test_torch_compile_fullgraph_traces_a_cached_sampler_step():
     x = torch.randint(0, 63, (2, 24))
     x[:, 8:16] = 63  # the block: 8 masked positions
     pad, pos = torch.tensor([0, 3]), torch.arange(24).expand(2, 24)
-    kv_out = []
-    model(x, pos=pos, kv_out=kv_out)
-    cache = KVCache.from_forward(kv_out, pad, 8, suffix_from=16)
+    cache = KVCache(model.config.n_layer, pad, 8, suffix_from=16)
+    model(x, pos=pos, cache=cache)  # records the prefix and the suffix
 
     def step(x, tokens, eligible):
         logits = model(x[:, 8:16], pos=pos[:, 8:16], cache=cache)
-        return ops.unmask(logits, tokens, eligible, tau=0.2, banned=[63])
+        return ops.unmask(logits, tokens, eligible, threshold=0.2, banned=[63])
 
     with torch.no_grad():
         t1, e1 = x[:, 8:16].clone(), torch.ones(2, 8, dtype=torch.bool)
@@ -313,15 +313,15 @@ def test_torch_compile_fullgraph_traces_a_cached_sampler_step():
 
 # ---- inputs kernels get wrong: unaligned rows, a GPT-2 vocabulary, odd strides, near-ties ----
 
-def unmask_both(logits, tokens, eligible, banned, mode, kind="low_confidence", scores=None, temperature=0.0,
+def unmask_both(logits, tokens, eligible, banned, mode, remasking="low_confidence", scores=None, temperature=0.0,
                 seed=0):
     """The reference on CPU copies, then the compiled op on the given tensors (any device, any
     strides, updated in place). -> (reference (tokens, eligible, counts), op's, on the CPU)."""
     cpu = {key: (val.cpu() if torch.is_tensor(val) else val) for key, val in mode.items()}
     t1, e1 = tokens.cpu().clone(), eligible.cpu().clone()
-    n1 = ops.unmask_reference(logits.cpu(), t1, e1, kind=kind, scores=None if scores is None else scores.cpu(),
+    n1 = ops.unmask_reference(logits.cpu(), t1, e1, remasking=remasking, scores=None if scores is None else scores.cpu(),
                               temperature=temperature, seed=seed, banned=banned, **cpu)
-    n2 = ext_unmask(logits, tokens, eligible, banned, kind=kind, scores=scores, temperature=temperature, seed=seed,
+    n2 = ext_unmask(logits, tokens, eligible, banned, remasking=remasking, scores=scores, temperature=temperature, seed=seed,
                     **mode)
     return (t1, e1, n1), (tokens.cpu(), eligible.cpu(), n2.cpu())
 
@@ -337,7 +337,7 @@ def test_unmask_unaligned_rows_of_a_gpt2_vocabulary(device, dtype):
     """V = 50257 (GPT-2's vocabulary, so rows start at every alignment) in a tensor whose storage
     starts one element in: no row begins where a 16-byte load wants it. Banned ids sit at the
     start, inside and at the end of the rows, and some rows would pick them if they were not
-    banned. Every kind x rule x temperature."""
+    banned. Every remasking x rule x temperature."""
     B, L, V = 2, 6, 50257
     g = torch.Generator().manual_seed(0)
     flat = (torch.randn(B * L * V + 1, generator=g) * 3).to(dtype)
@@ -347,15 +347,15 @@ def test_unmask_unaligned_rows_of_a_gpt2_vocabulary(device, dtype):
     rows[1, 2:, 5] = 30.0
     logits = flat.to(device)[1:].view(B, L, V)
     assert logits.storage_offset() == 1
-    for trial, (kind, mode, temperature) in enumerate(itertools.product(
-            ops.KINDS, [{"k": torch.tensor([2, 4])}, {"tau": 0.5}, {"factor": 1.5}], [0.0, 1.0])):
+    for trial, (remasking, mode, temperature) in enumerate(itertools.product(
+            REMASKING, [{"k": torch.tensor([2, 4])}, {"threshold": 0.5}, {"factor": 1.5}], [0.0, 1.0])):
         eligible = torch.rand(B, L, generator=g) < 0.7
         eligible[:, 1] = True
         scores = torch.rand(B, L, dtype=torch.float64, generator=g)
         ref, got = unmask_both(logits, torch.full((B, L), V - 1, device=device), eligible.to(device), banned,
                                {key: (val.to(device) if torch.is_tensor(val) else val) for key, val in mode.items()},
-                               kind, scores.to(device), temperature, seed=trial)
-        assert_same(ref, got, (kind, mode, temperature))
+                               remasking, scores.to(device), temperature, seed=trial)
+        assert_same(ref, got, (remasking, mode, temperature))
         assert not set(ref[0].flatten().tolist()) & set(banned[1:])  # (the test can see a banned pick)
 
 
@@ -366,16 +366,16 @@ def test_unmask_reads_and_writes_strided_tensors(device):
     B, L, V = 3, 10, 37
     g = torch.Generator().manual_seed(1)
     logits = (torch.randn(B, L, V, generator=g) * 2).to(device)
-    for kind, mode in itertools.product(["low_confidence", "random"], ["k", "tau", "factor"]):
+    for remasking, mode in itertools.product(["low_confidence", "random"], ["k", "threshold", "factor"]):
         canvas = torch.zeros(B, L + 5, dtype=torch.long, device=device)
         tokens = canvas[:, 3:L + 3]
         tokens.fill_(V - 1)
         eligible = (torch.rand(L, B, generator=g) < 0.8).to(device).t()  # strides (1, B)
         scores = torch.rand(L, B, dtype=torch.float64, generator=g).to(device).t()
         k = torch.tensor([3, 0, 1, 2, 9, 9], device=device)[::2]  # (3,), stride 2
-        arg = {"k": {"k": k}, "tau": {"tau": 0.4}, "factor": {"factor": 2.0}}[mode]
-        ref, got = unmask_both(logits, tokens, eligible, [V - 1], arg, kind, scores)
-        assert_same(ref, got, (kind, mode))
+        arg = {"k": {"k": k}, "threshold": {"threshold": 0.4}, "factor": {"factor": 2.0}}[mode]
+        ref, got = unmask_both(logits, tokens, eligible, [V - 1], arg, remasking, scores)
+        assert_same(ref, got, (remasking, mode))
         assert (canvas[:, :3] == 0).all() and (canvas[:, L + 3:] == 0).all()
 
 
@@ -388,8 +388,8 @@ def bump(x, ulps):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kind", ops.KINDS)
-def test_unmask_near_ties_select_like_the_float64_reference(device, dtype, kind):
+@pytest.mark.parametrize("remasking", REMASKING)
+def test_unmask_near_ties_select_like_the_float64_reference(device, dtype, remasking):
     """Each batch row repeats 4 base rows: positions 0-3 and 4-7 are exact copies (ties, which go
     to the lower position), and at positions 8-15 the runner-up logit moves up by about 1e-4 of
     its value (1 ulp in bf16 and fp16, 1000 in fp32), so confidences differ by about 1e-5. The
@@ -404,11 +404,11 @@ def test_unmask_near_ties_select_like_the_float64_reference(device, dtype, kind)
     logits[:, 8:, 9] = bump(logits[:, 8:, 9].contiguous(), 1000 if dtype == torch.float32 else 1)
     scores = torch.rand(B, 4, dtype=torch.float64, generator=g).repeat(1, 4)
     scores[:, 8:] = torch.nextafter(scores[:, 8:], torch.tensor(2.0, dtype=torch.float64))
-    for mode in ({"k": torch.tensor([1, 5])}, {"k": torch.tensor([9, 15])}, {"tau": 0.5}, {"factor": 2.0}):
+    for mode in ({"k": torch.tensor([1, 5])}, {"k": torch.tensor([9, 15])}, {"threshold": 0.5}, {"factor": 2.0}):
         ref, got = unmask_both(logits.to(device), torch.full((B, L), V - 1, device=device),
                                torch.ones(B, L, dtype=torch.bool, device=device), [V - 1],
                                {key: (val.to(device) if torch.is_tensor(val) else val) for key, val in mode.items()},
-                               kind, scores.to(device))
+                               remasking, scores.to(device))
         assert_same(ref, got, mode)
 
 

@@ -12,19 +12,19 @@ import sys
 import pytest
 import torch
 
-from mini_dlm import ops
+from mini_dlm import backend, ops
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig, Transformer
 from test_ext import ATTENTION_SHAPES, CUDA, NO_CUDA, TOL_CUDA, attention_case, case, fuzz_unmask
 
-pytestmark = pytest.mark.skipif(not (CUDA and ops.has_kernel("block_attention", torch.device("cuda"))), reason=NO_CUDA)
+pytestmark = pytest.mark.skipif(not (CUDA and backend.has_kernel("block_attention", torch.device("cuda"))), reason=NO_CUDA)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
 def auto_backend():
     yield
-    ops.set_backend("auto")
+    backend.set_backend("auto")
 
 
 @pytest.mark.parametrize("B, L, V", [(8, 256, 32768), (2, 40, 50257)])
@@ -72,20 +72,20 @@ def test_block_attention_cuda_opcheck():
 def test_what_the_kernels_do_not_take_runs_the_reference_even_with_backend_ext():
     """float64 logits and q, more banned ids than fit in the kernel's arguments, a head dim the
     kernel is not built for: the public ops run the reference instead of raising."""
-    ops.set_backend("ext")
+    backend.set_backend("ext")
     logits, tokens, eligible, _ = case(3, 2, 7, 40, torch.float64, 0.7)
     for lg, banned in ((logits, [39]), (logits.float(), list(range(20, 40)))):
         t1, e1, t2, e2 = tokens.clone(), eligible.clone(), tokens.cuda(), eligible.cuda()
-        n1 = ops.unmask_reference(lg, t1, e1, tau=0.3, banned=banned)
-        ops.reset_backends_ran()
-        n2 = ops.unmask(lg.cuda(), t2, e2, tau=0.3, banned=banned)
-        assert ops.backends_ran() == {"unmask": "torch"}
+        n1 = ops.unmask_reference(lg, t1, e1, threshold=0.3, banned=banned)
+        backend.reset_backends_ran()
+        n2 = ops.unmask(lg.cuda(), t2, e2, threshold=0.3, banned=banned)
+        assert backend.backends_ran() == {"unmask": "torch"}
         assert torch.equal(t1, t2.cpu()) and torch.equal(n1, n2.cpu())
     for dtype, D in ((torch.float64, 64), (torch.bfloat16, 48)):
         args = attention_case(0, 2, 2, 5, D, 7, 3, dtype, device="cuda")
-        ops.reset_backends_ran()
+        backend.reset_backends_ran()
         got = ops.block_attention(*args)
-        assert ops.backends_ran() == {"block_attention": "torch"} and got.dtype == dtype
+        assert backend.backends_ran() == {"block_attention": "torch"} and got.dtype == dtype
 
 
 def run_python(code):
@@ -125,21 +125,20 @@ def test_a_cached_sampler_step_replays_in_a_cuda_graph():
     x = torch.randint(0, 63, (2, 24), device="cuda")
     x[:, 8:16] = 63
     pad, pos = torch.tensor([0, 3], device="cuda"), torch.arange(24, device="cuda").expand(2, 24)
-    ops.set_backend("ext")
+    backend.set_backend("ext")
     with torch.no_grad():
-        kv_out = []
-        model(x, pos=pos, kv_out=kv_out)
-        cache = KVCache.from_forward(kv_out, pad, 8, suffix_from=16)
+        cache = KVCache(cfg.n_layer, pad, 8, suffix_from=16)
+        model(x, pos=pos, cache=cache)  # records the prefix and the suffix
 
         def step(tokens, eligible):
             logits = model(x[:, 8:16], pos=pos[:, 8:16], cache=cache)
-            return ops.unmask(logits, tokens, eligible, tau=0.2, banned=[63])
+            return ops.unmask(logits, tokens, eligible, threshold=0.2, banned=[63])
 
         start = (x[:, 8:16].clone(), torch.ones(2, 8, dtype=torch.bool, device="cuda"))
         t_eager, e_eager = (t.clone() for t in start)
-        ops.reset_backends_ran()
+        backend.reset_backends_ran()
         n_eager = step(t_eager, e_eager)
-        assert ops.backends_ran() == {"block_attention": "ext", "unmask": "ext"}
+        assert backend.backends_ran() == {"block_attention": "ext", "unmask": "ext"}
         side = torch.cuda.Stream()  # warm up on a side stream, as torch.cuda.graph asks
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

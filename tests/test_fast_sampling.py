@@ -10,9 +10,9 @@ so that rounding cannot flip a near-tie."""
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import record, tiny_model
 from mini_dlm.kvcache import KVCache
-from mini_dlm.sampler import canvas_positions, generate, generate_ar, make_canvas
+from mini_dlm.sampler import canvas_positions, finish, generate, generate_ar, make_canvas
 
 
 def fastdllm_oracle(model, prompt, gen_length, block_length, mask_id, threshold=None, factor=None):
@@ -47,14 +47,14 @@ def test_threshold_and_factor_match_fastdllm(threshold, factor, gen_len, block_l
     prompt = torch.randint(0, 63, (2, 5), generator=torch.Generator().manual_seed(block_len))
     with torch.no_grad():
         expected, nfe = fastdllm_oracle(model, prompt, gen_len, block_len, model.config.mask_id, threshold, factor)
-    x, stats = generate(model, prompt, gen_len, gen_len, block_len, threshold=threshold, factor=factor)
+    x, stats = finish(generate(model, prompt, gen_len=gen_len, steps=gen_len, block_len=block_len, threshold=threshold, factor=factor))
     assert torch.equal(x, expected)
     assert stats["forward_passes"] == nfe
 
 
 def test_tau_above_one_is_one_token_per_step():
     model = tiny_model(seed=1)
-    x, stats = generate(model, [[3, 4, 5]] * 2, 16, 16, 8, threshold=1.01)
+    x, stats = finish(generate(model, [[3, 4, 5]] * 2, gen_len=16, steps=16, block_len=8, threshold=1.01))
     assert stats["forward_passes"] == 16 and stats["transfers"].tolist() == [[1, 1]] * 16
 
 
@@ -67,12 +67,12 @@ def test_parallel_decoding_invariants(cache, remasking):
     M, P, gen_len, block_len = model.config.mask_id, 4, 24, 8
     prompt = torch.randint(0, 63, (3, P), generator=torch.Generator().manual_seed(2))
     history = []
-    x, stats = generate(model, prompt, gen_len, 12, block_len, 0.5, remasking, threshold=0.4, cache=cache,
-                        generator=torch.Generator().manual_seed(0),
-                        on_step=lambda step, b, x, committed: history.append((b, x.clone(), committed.clone())))
+    x, stats = finish(record(generate(model, prompt, gen_len=gen_len, steps=12, block_len=block_len, temperature=0.5,
+                                      remasking=remasking, threshold=0.4, cache=cache,
+                                      generator=torch.Generator().manual_seed(0)), history))
     assert not (x == M).any() and torch.equal(x[:, :P], prompt)
     prev, passes = torch.cat([prompt, torch.full((3, gen_len), M)], dim=1), [0, 0, 0]
-    for b, x_s, committed in history:
+    for _, b, x_s, committed in history:
         lo, hi = P + b * block_len, P + (b + 1) * block_len
         passes[b] += 1
         had_masks = (prev[:, lo:hi] == M).any(dim=1)
@@ -94,10 +94,11 @@ def test_prefix_and_dual_caches_reproduce_the_full_forward_on_the_same_canvas():
     pos = canvas_positions(pad, L)
     keep = (torch.arange(L)[None, None, None, :] >= pad[:, None, None, None]) | torch.eye(L, dtype=torch.bool)
     with torch.no_grad():
-        kv_out = []
-        full = model(x, keep, pos, kv_out=kv_out)
-        dual = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=KVCache.from_forward(kv_out, pad, lo, suffix_from=hi))
-        prefix = model(x[:, lo:], pos=pos[:, lo:], cache=KVCache.from_forward(kv_out, pad, lo))
+        dual_kv, prefix_kv = KVCache(2, pad, lo, suffix_from=hi), KVCache(2, pad, lo)
+        full = model(x, keep, pos, cache=dual_kv)  # records the keys/values before and after the block
+        model(x, keep, pos, cache=prefix_kv)  # records those before it
+        dual = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=dual_kv)
+        prefix = model(x[:, lo:], pos=pos[:, lo:], cache=prefix_kv)
     torch.testing.assert_close(dual, full[:, lo:hi], atol=1e-10, rtol=0)
     torch.testing.assert_close(prefix, full[:, lo:], atol=1e-10, rtol=0)
 
@@ -106,7 +107,7 @@ def test_prefix_and_dual_caches_reproduce_the_full_forward_on_the_same_canvas():
 @pytest.mark.parametrize("prompts", [[[5, 6, 7, 8, 9, 10, 11]], [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [14]], [[]]])
 def test_block_cache_equals_no_cache(threshold, prompts):
     model = tiny_model(seq_len=64, seed=4, block_size=8).double()
-    runs = [generate(model, prompts, 24, 24, 8, threshold=threshold, cache=c) for c in ("none", "block")]
+    runs = [finish(generate(model, prompts, gen_len=24, steps=24, block_len=8, threshold=threshold, cache=c)) for c in ("none", "block")]
     assert torch.equal(runs[0][0], runs[1][0])
     assert not (runs[1][0][:, -24:] == model.config.mask_id).any()
 
@@ -115,26 +116,26 @@ def test_block_cache_equals_no_cache(threshold, prompts):
 def test_batched_prompts_of_different_lengths_equal_one_at_a_time(cache, block_size):
     model = tiny_model(seq_len=64, seed=9, block_size=block_size).double()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
-    batched, stats = generate(model, prompts, 16, 16, 8, threshold=0.3, cache=cache)
+    batched, stats = finish(generate(model, prompts, gen_len=16, steps=16, block_len=8, threshold=0.3, cache=cache))
     for r, p in enumerate(prompts):
-        alone, _ = generate(model, p, 16, 16, 8, threshold=0.3, cache=cache)
+        alone, _ = finish(generate(model, p, gen_len=16, steps=16, block_len=8, threshold=0.3, cache=cache))
         assert torch.equal(batched[r, int(stats["pad"][r]):], alone[0])
 
 
 def test_ar_batched_prompts_of_different_lengths_equal_one_at_a_time():
     model = tiny_model("ar", seq_len=64, seed=2).double()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
-    batched, stats = generate_ar(model, prompts, 10)
+    batched, stats = finish(generate_ar(model, prompts, gen_len=10))
     for r, p in enumerate(prompts):
-        assert torch.equal(batched[r, int(stats["pad"][r]):], generate_ar(model, p, 10)[0][0])
+        assert torch.equal(batched[r, int(stats["pad"][r]):], finish(generate_ar(model, p, gen_len=10))[0][0])
 
 
 def test_block_model_forward_pass_count():
     """Prompt prefill + the denoising passes + one cache write per finished block but the last."""
     model = tiny_model(seq_len=64, seed=4, block_size=8)
-    x, stats = generate(model, [1, 2, 3], 24, 24, 8, cache="block")
+    x, stats = finish(generate(model, [1, 2, 3], gen_len=24, steps=24, block_len=8, cache="block"))
     assert stats["forward_passes"] == 1 + 24 + 2
-    x, stats = generate(model, [1, 2, 3], 24, 24, 8, cache="none")
+    x, stats = finish(generate(model, [1, 2, 3], gen_len=24, steps=24, block_len=8, cache="none"))
     assert stats["forward_passes"] == 24
 
 
@@ -143,14 +144,14 @@ def test_block_model_forward_pass_count():
     ({"factor": 0.0}, "factor"), ({"cache": "bogus"}, "cache"), ({"remasking": "bogus"}, "remasking")])
 def test_bad_options_for_a_full_attention_model(kw, match):
     with pytest.raises(ValueError, match=match):
-        generate(tiny_model(), [1, 2], 8, 8, 8, **kw)
+        finish(generate(tiny_model(), [1, 2], gen_len=8, steps=8, block_len=8, **kw))
 
 
 @pytest.mark.parametrize("kw, match", [({"cache": "dual"}, "full-attention"), ({"block_len": 16}, "--block-len 8")])
 def test_bad_options_for_a_block_model(kw, match):
     model = tiny_model(seq_len=64, block_size=8)
     with pytest.raises(ValueError, match=match):
-        generate(model, [1, 2], 16, 16, **{"block_len": 8, **kw})
+        finish(generate(model, [1, 2], gen_len=16, steps=16, **{"block_len": 8, **kw}))
 
 
 @pytest.mark.parametrize("cache, block_size", [("prefix", 0), ("dual", 0), ("block", 8)])
@@ -158,5 +159,5 @@ def test_mask_token_never_emitted_with_caches(cache, block_size):
     model = tiny_model(seq_len=64, seed=1, block_size=block_size)
     with torch.no_grad():
         model.lm_head.weight[model.config.mask_id] = 100.0  # the raw logit of M would win everywhere
-    x, _ = generate(model, [[1, 2], [3, 4, 5, 6]], 16, 16, 8, threshold=0.5, cache=cache)
+    x, _ = finish(generate(model, [[1, 2], [3, 4, 5, 6]], gen_len=16, steps=16, block_len=8, threshold=0.5, cache=cache))
     assert not (x[:, -16:] == model.config.mask_id).any()

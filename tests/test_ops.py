@@ -11,21 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mini_dlm import ops
-from mini_dlm.ops import block_attention, gumbel_noise, uniform_hash, unmask
+from mini_dlm import backend
+from mini_dlm.gumbel import gumbel_noise, uniform_hash
+from mini_dlm.ops import block_attention, unmask
 
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True, params=["torch", "ext"] if ops.HAS_EXT else ["torch"])
-def backend(request):
+@pytest.fixture(autouse=True, params=["torch", "ext"] if backend.HAS_EXT else ["torch"])
+def op_backend(request):
     """Every test here runs against the reference and, when built, the compiled op."""
-    ops.set_backend(request.param)
+    backend.set_backend(request.param)
     yield request.param
-    ops.set_backend("auto")
+    backend.set_backend("auto")
 
 
-def naive_unmask(logits, tokens, eligible, banned, k=None, tau=None, factor=None, kind="low_confidence", scores=None):
+def naive_unmask(logits, tokens, eligible, banned, k=None, threshold=None, factor=None, remasking="low_confidence", scores=None):
     """Per row, per position, in Python floats: guess, score, sort (-c, position), select."""
     B, L, V = logits.shape
     tokens, committed = tokens.clone(), []
@@ -41,13 +42,13 @@ def naive_unmask(logits, tokens, eligible, banned, k=None, tau=None, factor=None
             p = sorted((math.exp(l - m) / z for l in row), reverse=True)
             c = {"low_confidence": math.exp(row[x0] - m) / z, "margin": p[0] - p[1],
                  "entropy": sum(q * math.log(q) for q in p if q > 0),
-                 "random": None if scores is None else float(scores[b, i])}[kind]
+                 "random": None if scores is None else float(scores[b, i])}[remasking]
             cand.append((-c, i, x0))
         cand.sort()
         if k is not None:
             chosen = cand[:int(k[b])]
-        elif tau is not None:
-            chosen = [e for n, e in enumerate(cand) if n == 0 or -e[0] >= tau]
+        elif threshold is not None:
+            chosen = [e for n, e in enumerate(cand) if n == 0 or -e[0] >= threshold]
         else:
             n = 0
             while n < len(cand) and (n == 0 or -cand[n][0] >= 1 - factor / (n + 2)):
@@ -74,14 +75,14 @@ def run_both(logits, tokens, eligible, banned, **mode):
     return t, e, n, expected, count
 
 
-@pytest.mark.parametrize("kind", ["low_confidence", "margin", "entropy", "random"])
-@pytest.mark.parametrize("mode", [{"k": [2, 0, 5]}, {"tau": 0.3}, {"tau": -1.5}, {"factor": 1.0}, {"factor": 3.0}])
-def test_unmask_matches_naive_spec(kind, mode):
+@pytest.mark.parametrize("remasking", ["low_confidence", "margin", "entropy", "random"])
+@pytest.mark.parametrize("mode", [{"k": [2, 0, 5]}, {"threshold": 0.3}, {"threshold": -1.5}, {"factor": 1.0}, {"factor": 3.0}])
+def test_unmask_matches_naive_spec(remasking, mode):
     for seed in range(4):
         logits, tokens, eligible = random_case(seed=seed)
         mode_ = {"k": torch.tensor(mode["k"])} if "k" in mode else mode
         scores = torch.rand(tokens.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-        t, e, n, expected, count = run_both(logits, tokens, eligible, [11], kind=kind, scores=scores, **mode_)
+        t, e, n, expected, count = run_both(logits, tokens, eligible, [11], remasking=remasking, scores=scores, **mode_)
         assert torch.equal(t, expected)
         assert n.tolist() == count
         assert torch.equal(e, eligible & (t == tokens))  # committed positions leave the eligible set
@@ -92,7 +93,7 @@ def test_all_eligible_and_rows_with_none_eligible():
     logits, tokens, _ = random_case(B=3, L=8)
     eligible = torch.tensor([[True] * 8, [False] * 8, [True] * 8])
     logits[1] = float("nan")  # a row with nothing eligible is never read
-    t, e, n, expected, count = run_both(logits, tokens, eligible, [11], tau=0.5)
+    t, e, n, expected, count = run_both(logits, tokens, eligible, [11], threshold=0.5)
     assert torch.equal(t, expected) and n[1] == 0 and torch.equal(t[1], tokens[1])
     assert n[0] >= 1 and n[2] >= 1  # the at-least-one rule
 
@@ -103,23 +104,23 @@ def test_ties_go_to_lowest_position_and_lowest_token_id():
     tokens, eligible = torch.full((1, 6), 4), torch.tensor([[False, True, True, True, True, False]])
     n = unmask(logits, tokens, eligible, k=torch.tensor([2]), banned=[4])
     assert n.tolist() == [2] and tokens.tolist() == [[4, 2, 2, 4, 4, 4]]
-    n = unmask(logits, tokens, eligible, tau=2.0, banned=[4])  # nothing reaches tau: the best one only
+    n = unmask(logits, tokens, eligible, threshold=2.0, banned=[4])  # nothing reaches threshold: the best one only
     assert n.tolist() == [1] and tokens.tolist() == [[4, 2, 2, 2, 4, 4]]
 
 
 def test_confidence_exactly_tau_is_committed():
     logits = torch.tensor([[[0.0, 0.0, 5.0], [0.0, 1.0, 5.0], [0.0, 0.0, 5.0]]])  # p = 0.5 exactly at 0 and 2
     tokens, eligible = torch.full((1, 3), 2), torch.ones(1, 3, dtype=torch.bool)
-    n = unmask(logits, tokens, eligible, tau=0.5, banned=[2])
+    n = unmask(logits, tokens, eligible, threshold=0.5, banned=[2])
     assert n.tolist() == [3]  # 0.5 >= 0.5 twice, and position 1 (p = 0.73) is the best
     tokens, eligible = torch.full((1, 3), 2), torch.ones(1, 3, dtype=torch.bool)
-    assert unmask(logits, tokens, eligible, tau=0.5 + 1e-12, banned=[2]).tolist() == [1]
+    assert unmask(logits, tokens, eligible, threshold=0.5 + 1e-12, banned=[2]).tolist() == [1]
 
 
 def test_tau_one_commits_exactly_one_per_row():
     logits, tokens, eligible = random_case(B=4, L=16, seed=3)
     eligible[:, 0] = True
-    n = unmask(logits, tokens, eligible.clone(), tau=1.0, banned=[11])
+    n = unmask(logits, tokens, eligible.clone(), threshold=1.0, banned=[11])
     assert n.tolist() == [1, 1, 1, 1]
 
 
@@ -149,8 +150,8 @@ def test_half_precision_logits_select_like_their_float32_values(dtype):
     logits = logits.to(dtype)
     t1, e1 = tokens.clone(), eligible.clone()
     t2, e2 = tokens.clone(), eligible.clone()
-    n1 = unmask(logits, t1, e1, tau=0.4, banned=[11])
-    n2 = unmask(logits.float(), t2, e2, tau=0.4, banned=[11])
+    n1 = unmask(logits, t1, e1, threshold=0.4, banned=[11])
+    n2 = unmask(logits.float(), t2, e2, threshold=0.4, banned=[11])
     assert torch.equal(t1, t2) and torch.equal(n1, n2)
 
 
@@ -192,8 +193,8 @@ def test_uniform_hash_is_splitmix64():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"k": None}, "exactly one"), ({"tau": 0.5}, "exactly one"), ({"k": torch.tensor([1])}, "k must"),
-    ({"kind": "nope"}, "kind"), ({"kind": "random"}, "scores"), ({"banned": []}, "banned")])
+    ({"k": None}, "exactly one"), ({"threshold": 0.5}, "exactly one"), ({"k": torch.tensor([1])}, "k must"),
+    ({"remasking": "nope"}, "remasking"), ({"remasking": "random"}, "scores"), ({"banned": []}, "banned")])
 def test_unmask_rejects_bad_arguments(bad, match):
     logits, tokens, eligible = random_case()
     args = {"k": torch.tensor([1, 1, 1]), "banned": [11], **bad}
@@ -221,7 +222,7 @@ def sdpa_rows(q, k, v, kp, vp, plen, ks, vs):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2),
                                         (torch.float16, 2e-3)])
 @pytest.mark.parametrize("Lc, Ls", [(0, 0), (9, 0), (9, 5), (0, 5), (13, None), (None, 4), (None, None)])
-def test_block_attention_equals_concatenation(dtype, tol, Lc, Ls, backend):
+def test_block_attention_equals_concatenation(dtype, tol, Lc, Ls, op_backend):
     g = torch.Generator().manual_seed(Lc or 0)
     B, H, b, D = 3, 2, 4, 16
     rnd = lambda n: torch.randn(B, H, n, D, generator=g).to(dtype)
@@ -241,7 +242,7 @@ def test_block_attention_equals_concatenation(dtype, tol, Lc, Ls, backend):
     torch.testing.assert_close(out.double(), sdpa_rows(q, k, v, kp, vp, plen, ks, vs), atol=tol, rtol=tol)
 
 
-def test_block_attention_rejects_bad_arguments(backend):
+def test_block_attention_rejects_bad_arguments(op_backend):
     q = torch.randn(2, 2, 4, 8)
     with pytest.raises(ValueError, match="prefix_len"):
         block_attention(q, q, q, torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8), torch.tensor([1, 6]))

@@ -9,9 +9,9 @@ token for token at temperature 0."""
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import record, tiny_model
 from mini_dlm.ops import descending_rank
-from mini_dlm.sampler import check_schedule, generate, generate_ar, num_transfer_tokens
+from mini_dlm.sampler import check_schedule, finish, generate, generate_ar, num_transfer_tokens
 
 
 def llada_oracle(model, prompt, steps, gen_length, block_length, mask_id):
@@ -47,7 +47,7 @@ def test_matches_llada_reference_at_temperature_zero(gen_len, steps, block_len):
     prompt = torch.randint(0, 63, (3, 7), generator=torch.Generator().manual_seed(steps))
     with torch.no_grad():
         expected = llada_oracle(model, prompt, steps, gen_len, block_len, model.config.mask_id)
-    x, stats = generate(model, prompt, gen_len, steps, block_len)
+    x, stats = finish(generate(model, prompt, gen_len=gen_len, steps=steps, block_len=block_len))
     assert torch.equal(x, expected)
     assert stats["forward_passes"] == steps
 
@@ -56,8 +56,8 @@ def test_ties_commit_lowest_position_first():
     model = tiny_model()
     torch.nn.init.zeros_(model.lm_head.weight)  # every logit 0: all confidences tie
     seen = []
-    generate(model, [5, 6], gen_len=8, steps=4, block_len=8,
-             on_step=lambda step, b, x, committed: seen.append(committed[0].nonzero().flatten().tolist()))
+    for step in generate(model, [5, 6], gen_len=8, steps=4, block_len=8):
+        seen.append(step.committed[0].nonzero().flatten().tolist())
     assert seen == [[2, 3], [4, 5], [6, 7], [8, 9]]
 
 
@@ -68,11 +68,9 @@ def test_invariants(remasking, temperature):
     prompt = torch.randint(0, 63, (4, P), generator=torch.Generator().manual_seed(1))
     history = []
 
-    def on_step(step, b, x, committed):
-        history.append((step, b, x.clone(), committed.clone()))
-
-    x, stats = generate(model, prompt, gen_len, steps, block_len, temperature, remasking,
-                        generator=torch.Generator().manual_seed(0), on_step=on_step)
+    x, stats = finish(record(generate(model, prompt, gen_len=gen_len, steps=steps, block_len=block_len,
+                                      temperature=temperature, remasking=remasking,
+                                      generator=torch.Generator().manual_seed(0)), history))
     assert torch.equal(x[:, :P], prompt)  # prompt untouched
     assert not (x == M).any()  # no mask left
     assert stats["forward_passes"] == steps == len(history)
@@ -93,7 +91,7 @@ def test_invariants(remasking, temperature):
 
 def test_temperature_sampling_is_seeded():
     model = tiny_model(seed=2)
-    run = lambda seed: generate(model, [1, 2, 3], 16, 16, 8, 1.0, generator=torch.Generator().manual_seed(seed))[0]
+    run = lambda seed: finish(generate(model, [1, 2, 3], gen_len=16, steps=16, block_len=8, temperature=1.0, generator=torch.Generator().manual_seed(seed)))[0]
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
 
@@ -102,7 +100,7 @@ def test_mask_token_never_emitted_even_if_the_model_favours_it():
     model = tiny_model()
     with torch.no_grad():
         model.lm_head.weight[model.config.mask_id] = 100.0  # the raw logit of M would win everywhere
-    x, _ = generate(model, [1, 2], 8, 8, 8)
+    x, _ = finish(generate(model, [1, 2], gen_len=8, steps=8, block_len=8))
     assert not (x == model.config.mask_id).any()
 
 
@@ -114,7 +112,7 @@ def test_num_transfer_tokens_and_rank():
 
 def test_ar_generation_is_greedy_next_token():
     model = tiny_model("ar", seed=4)
-    x, stats = generate_ar(model, [[1, 2, 3], [4, 5, 6]], gen_len=6)
+    x, stats = finish(generate_ar(model, [[1, 2, 3], [4, 5, 6]], gen_len=6))
     assert stats["forward_passes"] == 6 and x.shape == (2, 9)
     with torch.no_grad():
         for j in range(3, 9):  # each token is the argmax given everything before it
@@ -131,12 +129,12 @@ def test_bad_schedule(gen_len, steps, block_len, msg):
 def test_prompt_with_mask_token_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="mask token"):
-        generate(model, [1, model.config.mask_id, 2], 8, 8, 8)
+        finish(generate(model, [1, model.config.mask_id, 2], gen_len=8, steps=8, block_len=8))
 
 
 def test_prompt_longer_than_context():
     model = tiny_model(seq_len=48)
     with pytest.raises(ValueError, match="context"):
-        generate(model, list(range(40)), 16, 16, 16)
+        finish(generate(model, list(range(40)), gen_len=16, steps=16, block_len=16))
     with pytest.raises(ValueError, match="context"):
-        generate_ar(tiny_model("ar", seq_len=48), list(range(40)), 16)
+        finish(generate_ar(tiny_model("ar", seq_len=48), list(range(40)), gen_len=16))
