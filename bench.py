@@ -1,5 +1,5 @@
 """
-End-to-end efficiency study (DESIGN.md section 6, notes/06): tokens per second of AR decoding
+End-to-end efficiency study (notes/00-spec.md section 6, notes/06): tokens per second of AR decoding
 with a KV cache and of the diffusion samplers, across batch sizes, with a quality figure and
 a roofline. The question of "How Efficient Are Diffusion Language Models?" (2025), on models
 trained here.
@@ -295,7 +295,7 @@ def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_re
 
 def crossovers(records, logs, meta, configs, kinds, gen_lens):
     """For each DLM configuration: B* where AR's useful tokens/s overtakes it. Predicted twice
-    (DESIGN.md's closed form with the measured w; the roofline model scaled from the smallest
+    (the spec's closed form with the measured w; the roofline model scaled from the smallest
     batch measured), and measured (the first batch of the grid where AR is at least as fast)."""
     out = []
     print("\ncrossover: the batch where AR (KV cache) overtakes each DLM configuration")

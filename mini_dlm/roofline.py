@@ -1,5 +1,5 @@
 """
-The efficiency model of notes/06 (DESIGN.md section 6, after "How Efficient Are Diffusion
+The efficiency model of notes/06 (notes/00-spec.md section 6, after "How Efficient Are Diffusion
 Language Models?", 2025): what one forward pass costs in FLOPs and bytes, the device's two
 roofs measured, and from them the throughput a decoding method can reach at batch B.
 
@@ -26,7 +26,7 @@ A cached, threshold-decoding DLM computes w positions per committed token (w = b
 L / b for the dual cache: tau_avg tokens per pass plus one full pass per block); AR computes 1.
 Both memory-bound, the DLM wins by its tokens per pass; both compute-bound, AR wins by w. The
 crossover, AR memory-bound and the DLM compute-bound, is at B* ~ ridge * (elem / 2) / w
-(DESIGN.md's ridge / w for bf16). predict_seconds() evaluates the full model instead.
+(the spec's ridge / w for bf16). predict_seconds() evaluates the full model instead.
 """
 
 import inspect
@@ -133,7 +133,7 @@ def analytic_log(cfg, config, B, P, G, b, tau_avg=1.0, elem=2):
 
 
 def crossover_closed_form(ridge, elem, w):
-    """DESIGN.md's B* ~ ridge / w, for elements of elem bytes: ridge (FLOP/byte) * (elem / 2) / w,
+    """The spec's B* ~ ridge / w, for elements of elem bytes: ridge (FLOP/byte) * (elem / 2) / w,
     w = positions the DLM computes per committed token (AR: 1)."""
     return ridge * elem / 2 / w
 

@@ -10,7 +10,7 @@ next best pair, so the default 2048-token vocabulary trains in a few seconds on 
 
 Encoding is then done by tiktoken (Rust), which applies merges by rank: it only needs the
 `mergeable_ranks` {token bytes: id}. Two special tokens follow the merged ones:
-  <|endoftext|>  end of a document (used by variable-length generation, issue 6)
+  <|endoftext|>  end of a document (train_tiny.py --docs; variable-length generation)
   <|mask|>       M, the absorbing state of masked diffusion: never produced by encode()
 """
 

@@ -83,7 +83,7 @@ def test_scaled_prediction_matches_a_bigger_batch():
 
 
 def test_ar_decode_is_memory_bound_and_no_cache_dlm_compute_bound():
-    """DESIGN.md section 6 in numbers: intensity ~ B*T (in bf16)."""
+    """notes/00-spec.md section 6 in numbers: intensity ~ B*T (in bf16)."""
     cfg = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=32768, seq_len=1024)
     f, w, r = forward_cost(cfg, 1, 1, 512, 1, True, 2)
     assert 0.5 < f / (w + r) < 2  # AR decode, batch 1: ~1 FLOP per byte
@@ -92,7 +92,7 @@ def test_ar_decode_is_memory_bound_and_no_cache_dlm_compute_bound():
 
 
 def test_crossover_closed_form():
-    assert crossover_closed_form(200, 2, 4.0) == 50  # DESIGN.md: ridge / w in bf16
+    assert crossover_closed_form(200, 2, 4.0) == 50  # the spec: ridge / w in bf16
     assert crossover_closed_form(10, 4, 20.0) == 1.0
 
 

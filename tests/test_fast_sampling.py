@@ -30,7 +30,7 @@ def fastdllm_oracle(model, prompt, gen_length, block_length, mask_id, threshold=
                 conf = sorted((-prob[row, j, x0[row, j]].item(), j) for j in range(end) if x[row, j] == mask_id)
                 if threshold is not None:
                     chosen = [j for n, (c, j) in enumerate(conf) if n == 0 or -c >= threshold]
-                else:  # DESIGN.md's factor rule: longest run with c(n) >= 1 - f / (n + 1)
+                else:  # the strict factor rule (notes/00-spec.md section 4): c(n) >= 1 - f / (n + 1)
                     n = 1
                     while n < len(conf) and -conf[n][0] >= 1 - factor / (n + 2):
                         n += 1

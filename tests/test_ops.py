@@ -1,6 +1,6 @@
 """The ops and their spec.  python -m pytest -q tests/test_ops.py
 
-unmask is checked against a naive per-row Python transcription of DESIGN.md sections 3-4 and
+unmask is checked against a naive per-row Python transcription of notes/00-spec.md sections 3-4 and
 on hand-made edge cases, through the public function with the backend forced to the
 reference ("torch") and, when mini_dlm._C is built, to the compiled op ("ext");
 block_attention against torch.cat + scaled_dot_product_attention, one row at a time."""
