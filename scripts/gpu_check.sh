@@ -57,11 +57,11 @@ step build 300 "$PY" -m pip install --no-deps --no-build-isolation -e .
 cp mini_dlm/_build.json "$work/build.json" 2>/dev/null
 step registered 60 "$PY" -c "
 import torch
-from mini_dlm import ops
+from mini_dlm import backend
 cuda = torch.device('cuda')
 assert torch.cuda.is_available(), 'torch sees no GPU'
-missing = [op for op in ('unmask', 'block_attention') if not ops.has_kernel(op, cuda)]
-assert not missing, f'no CUDA kernel for {missing}: {ops.missing_kernel_reason(cuda)}'
+missing = [op for op in ('unmask', 'block_attention') if not backend.has_kernel(op, cuda)]
+assert not missing, f'no CUDA kernel for {missing}: {backend.missing_kernel_reason(cuda)}'
 print('CUDA kernels registered for unmask and block_attention;', torch.cuda.get_device_name(), torch.__version__)"
 step tests 150 "$PY" -m pytest -q tests/test_ext.py tests/test_ext_cuda.py --junitxml="$work/tests.xml"
 
