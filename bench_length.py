@@ -25,9 +25,10 @@ from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, non_negative_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
 from mini_dlm.dynamic import generate_dynamic
-from mini_dlm.quality import distinct3, generative_nll, load_judge, useful_lengths
+from mini_dlm.quality import distinct3, generative_nll, load_judge
 from mini_dlm.roofline import count_forwards, device_name, timed_call
 from mini_dlm.sampler import generate
+from mini_dlm.tokenizer import useful_lengths
 
 
 def get_parser():

@@ -28,7 +28,7 @@ from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, po
                           print_config, resolve_device, run)
 from mini_dlm.ops import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.dynamic import generate_dynamic
-from mini_dlm.quality import useful_lengths
+from mini_dlm.tokenizer import useful_lengths
 from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps

@@ -19,7 +19,7 @@ from mini_dlm import ops
 from mini_dlm.checkpoint import save_checkpoint
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig, Transformer
-from mini_dlm.quality import distinct3, generative_nll, useful_lengths
+from mini_dlm.quality import distinct3, generative_nll
 from mini_dlm.roofline import analytic_log, count_forwards, crossover_closed_form, forward_cost
 from mini_dlm.sampler import generate, generate_ar
 
@@ -95,13 +95,6 @@ def test_ar_decode_is_memory_bound_and_no_cache_dlm_compute_bound():
 def test_crossover_closed_form():
     assert crossover_closed_form(200, 2, 4.0) == 50  # DESIGN.md: ridge / w in bf16
     assert crossover_closed_form(10, 4, 20.0) == 1.0
-
-
-def test_useful_lengths():
-    E = 7
-    gen = torch.tensor([[1, 2, 3, 4], [E, 1, 2, 3], [1, E, E, 2], [1, 2, 3, E]])
-    assert useful_lengths(gen, E).tolist() == [4, 0, 1, 3]
-    assert useful_lengths(torch.zeros(2, 0, dtype=torch.long), E).tolist() == [0, 0]
 
 
 def test_generative_nll_matches_row_by_row():
