@@ -37,6 +37,9 @@ import json
 import math
 import os
 import statistics
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
@@ -44,11 +47,11 @@ from mini_dlm import ops
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, positive_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
-from mini_dlm.quality import generative_nll
-from mini_dlm.roofline import (copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak,
-                               timed_call)
 from mini_dlm.sampler import generate, generate_ar
 from mini_dlm.tokenizer import useful_lengths
+
+from quality import generative_nll
+from roofline import copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak, timed_call
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
 QUICK = dict(batch_sizes="1,4,16", gen_lens="64", prompt_len=32, repeats=1)  # --quick, for flags left at default

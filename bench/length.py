@@ -17,7 +17,11 @@ fixed length's perplexity with fewer canvas tokens?
 """
 
 import math
+import os
 import statistics
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
@@ -25,10 +29,11 @@ from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, non_negative_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
 from mini_dlm.dynamic import generate_dynamic
-from mini_dlm.quality import distinct3, generative_nll, load_judge
-from mini_dlm.roofline import count_forwards, device_name, timed_call
 from mini_dlm.sampler import generate
 from mini_dlm.tokenizer import useful_lengths
+
+from quality import distinct3, generative_nll, load_judge
+from roofline import count_forwards, device_name, timed_call
 
 
 def get_parser():

@@ -21,14 +21,19 @@ and decoding rule.
 """
 
 import math
+import os
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
-from mini_dlm.quality import distinct3, generative_nll, load_judge
-from mini_dlm.roofline import device_name, timed_call
 from mini_dlm.sampler import generate
+
+from quality import distinct3, generative_nll, load_judge
+from roofline import device_name, timed_call
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
 

@@ -16,13 +16,18 @@ timed against what one would write without the op: torch.cat of the cache + SDPA
 """
 
 import json
+import os
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 import torch.nn.functional as F
 
 from mini_dlm import ops
 from mini_dlm.cli import Parser, positive_int, resolve_device, run
-from mini_dlm.roofline import copy_bandwidth, device_name, timed
+
+from roofline import copy_bandwidth, device_name, timed
 
 F32, BF16 = torch.float32, torch.bfloat16
 UNMASK_SHAPES = {  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
