@@ -4,8 +4,8 @@ with a KV cache and of the diffusion samplers, across batch sizes, with a qualit
 a roofline. The question of "How Efficient Are Diffusion Language Models?" (2025), on models
 trained here.
 
-    python bench.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
-    python bench.py --quick        # a small grid: under a minute on a 2-core CPU
+    python bench/efficiency.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
+    python bench/efficiency.py --quick        # a small grid: under a minute on a 2-core CPU
 
 Configurations, each with the compiled ops (ext) and the PyTorch reference ops (torch):
   ar               the AR checkpoint, one token per pass, KV cache      (sampler.generate_ar)
@@ -16,11 +16,11 @@ Configurations, each with the compiled ops (ext) and the PyTorch reference ops (
 
 Method, per configuration and batch size B:
   - prompts: --prompt-len tokens from B windows spread evenly over the validation split;
-  - one untimed run logs every forward's FLOPs and bytes (mini_dlm/roofline.py) and gives the
+  - one untimed run logs every forward's FLOPs and bytes (bench/roofline.py) and gives the
     tokens; --repeats timed runs (synchronised) must reproduce them (greedy decoding is
     deterministic), and their median time is the result;
   - tokens_per_s counts the fixed canvas, B * gen-len; useful_tokens_per_s counts each row's
-    tokens before its first end-of-text (mini_dlm/quality.py);
+    tokens before its first end-of-text (mini_dlm/tokenizer.py: useful_lengths);
   - gen_ppl: generative perplexity of the useful tokens under the AR checkpoint (for the AR
     configuration that is the model scoring itself);
   - a batch whose median exceeds --max-seconds, or that runs out of memory, ends the sweep of

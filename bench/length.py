@@ -1,7 +1,7 @@
 """
 Benchmark: DAEDAL's variable length against fixed generation lengths (notes/07).
 
-    python bench_length.py --ckpt out-d-mdm/ckpt.pt --ar out-d-ar/ckpt.pt
+    python bench/length.py --ckpt out-d-mdm/ckpt.pt --ar out-d-ar/ckpt.pt
 
 Prompts: the speaker line ("ROMEO:\n") of --num-prompts documents spread over the validation
 split, so the model writes one speech and should end it. Every configuration decodes the
@@ -12,7 +12,7 @@ the output is cut at each row's first end-of-text:
 Reported per configuration: mean useful length (tokens before end-of-text), forward passes,
 positions computed (every position of every row in every pass: the compute), canvas tokens
 (the rows' final canvas lengths summed), seconds, and generative perplexity of the useful
-tokens under the AR checkpoint (mini_dlm/quality.py). The question: does auto match the best
+tokens under the AR checkpoint (bench/quality.py). The question: does auto match the best
 fixed length's perplexity with fewer canvas tokens?
 """
 

@@ -2,7 +2,7 @@
 Benchmark: how much faster do Fast-dLLM's threshold decoding and the KV caches make sampling,
 and what does it cost in quality? (the table in notes/04)
 
-    python bench_sampling.py --full out/ckpt.pt --block out-bd3/ckpt.pt --ar out-ar/ckpt.pt
+    python bench/sampling.py --full out/ckpt.pt --block out-bd3/ckpt.pt --ar out-ar/ckpt.pt
 
 For each prompt, at batch 1, it generates --gen-len tokens with
   LLaDA baseline          full-attention model, steps = gen-len (one token per pass), no cache
