@@ -29,8 +29,8 @@ from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, po
 from mini_dlm.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.op_args import REMASKING
-from mini_dlm.quality import useful_lengths
 from mini_dlm.sampler import CACHES, finish, generate, generate_ar, stop_at
+from mini_dlm.tokenizer import useful_lengths
 
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
 FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal

@@ -136,5 +136,5 @@ setup(
     cmdclass={"build_ext": Build},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "tiktoken>=0.7", "regex"],
-    extras_require={"test": ["pytest", "matplotlib"], "bench": ["matplotlib"]},  # bench.py plots; tests draw them
+    extras_require={"test": ["pytest", "matplotlib"], "bench": ["matplotlib"]},  # bench/efficiency.py plots; tests draw them
 )

@@ -101,12 +101,17 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+def swiglu_hidden(n_embd):
+    """The SwiGLU hidden width: 8/3 * n_embd (LLaMA's), rounded up to a multiple of 64."""
+    return 64 * math.ceil(8 * n_embd / 3 / 64)
+
+
 class MLP(nn.Module):
     """SwiGLU (Shazeer 2020): w2(silu(w1 x) * w3 x), hidden ~ 8/3 * n_embd, rounded up to 64."""
 
     def __init__(self, cfg):
         super().__init__()
-        hidden = 64 * math.ceil(8 * cfg.n_embd / 3 / 64)
+        hidden = swiglu_hidden(cfg.n_embd)
         self.w1 = nn.Linear(cfg.n_embd, hidden, bias=False)
         self.w3 = nn.Linear(cfg.n_embd, hidden, bias=False)
         self.w2 = nn.Linear(hidden, cfg.n_embd, bias=False)

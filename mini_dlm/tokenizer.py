@@ -12,6 +12,7 @@ Encoding is then done by tiktoken (Rust), which applies merges by rank: it only 
 `mergeable_ranks` {token bytes: id}. Two special tokens follow the merged ones:
   <|endoftext|>  end of a document (train_tiny.py --docs; variable-length generation)
   <|mask|>       M, the absorbing state of masked diffusion: never produced by encode()
+useful_lengths() counts the tokens a generated row keeps: those before its first end-of-text.
 """
 
 import hashlib
@@ -142,3 +143,10 @@ class Tokenizer:
     def fingerprint(self):
         """Short hash that changes whenever the id <-> bytes mapping changes."""
         return hashlib.sha256(repr(self.to_dict()).encode()).hexdigest()[:12]
+
+
+def useful_lengths(gen, eot_id):
+    """gen (B, G) generated ids -> (B,) int64: the position of each row's first eot_id, or G.
+    What a user keeps: a fixed canvas filled past the end of the document is not output."""
+    before = (gen == eot_id).cumsum(dim=1) == 0  # (B, G): no end-of-text up to here
+    return before.sum(dim=1)

@@ -1,5 +1,5 @@
-"""The efficiency study's parts: the cost model (mini_dlm/roofline.py), the quality figures
-(mini_dlm/quality.py) and bench.py end to end on tiny checkpoints.
+"""The efficiency study's parts: the cost model (bench/roofline.py), the quality figures
+(bench/quality.py) and bench/efficiency.py end to end on tiny checkpoints.
 
     python -m pytest -q tests/test_bench.py
 """
@@ -13,15 +13,16 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import bench
 from conftest import tiny_model
 from mini_dlm import backend
 from mini_dlm.checkpoint import save_checkpoint
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig, Transformer
-from mini_dlm.quality import distinct3, generative_nll, useful_lengths
-from mini_dlm.roofline import analytic_log, count_forwards, crossover_closed_form, forward_cost
 from mini_dlm.sampler import finish, generate, generate_ar
+
+import efficiency  # bench/ is on sys.path (conftest.py)
+from quality import distinct3, generative_nll
+from roofline import analytic_log, count_forwards, crossover_closed_form, forward_cost
 
 
 def counted_flops(fn):
@@ -96,13 +97,6 @@ def test_crossover_closed_form():
     assert crossover_closed_form(10, 4, 20.0) == 1.0
 
 
-def test_useful_lengths():
-    E = 7
-    gen = torch.tensor([[1, 2, 3, 4], [E, 1, 2, 3], [1, E, E, 2], [1, 2, 3, E]])
-    assert useful_lengths(gen, E).tolist() == [4, 0, 1, 3]
-    assert useful_lengths(torch.zeros(2, 0, dtype=torch.long), E).tolist() == [0, 0]
-
-
 def test_generative_nll_matches_row_by_row():
     model = tiny_model("ar", seq_len=48).double()
     prompts, gens = [[1, 2, 3], [4, 5], [6]], [[7, 8, 9, 10], [], [11, 12]]
@@ -144,13 +138,13 @@ def bench_args(checkpoints, corpus_file, out, *extra):
 
 def test_bench_end_to_end(checkpoints, corpus_file, tmp_path, capsys):
     out = tmp_path / "b.json"
-    bench.main(bench_args(checkpoints, corpus_file, out))
+    efficiency.main(bench_args(checkpoints, corpus_file, out))
     printed = capsys.readouterr().out
     assert "check: AR KV cache == no cache, token for token: yes" in printed
     data = json.loads(out.read_text())
     kinds = ["ext", "torch"] if backend.has_kernel("unmask", torch.device("cpu")) else ["torch"]
     recs = data["records"]
-    assert len(recs) == len(bench.CONFIGS) * len(kinds) * 2 * 2  # configs x ops x gen-lens x batch sizes
+    assert len(recs) == len(efficiency.CONFIGS) * len(kinds) * 2 * 2  # configs x ops x gen-lens x batch sizes
     for r in recs:
         for key in ("config", "batch_size", "gen_len", "tokens_per_s", "useful_tokens_per_s", "forward_passes",
                     "gen_ppl", "device"):
@@ -163,7 +157,7 @@ def test_bench_end_to_end(checkpoints, corpus_file, tmp_path, capsys):
             assert r["forward_passes"] == r["gen_len"] and r["positions_per_token"] < 2
         if r["config"] == "dlm":  # steps = gen-len: one token per pass
             assert r["forward_passes"] == r["gen_len"]
-    assert {c["config"] for c in data["crossover"]} == set(bench.CONFIGS) - {"ar"}
+    assert {c["config"] for c in data["crossover"]} == set(efficiency.CONFIGS) - {"ar"}
     for suffix in ("_throughput.png", "_roofline.png"):
         png = (tmp_path / f"b{suffix}").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -173,12 +167,12 @@ def test_quick_keeps_the_flags_given(checkpoints, corpus_file, tmp_path):
     """--quick shrinks the grid only where no flag was given: here it sets the batch sizes and
     keeps --gen-lens, --prompt-len and --repeats."""
     out = tmp_path / "q.json"
-    bench.main(["--quick", "--configs", "ar", "--ops", "torch", "--gen-lens", "8", "--repeats", "2", "--block-len", "8",
-                "--prompt-len", "8",
-                "--ar-ckpt", checkpoints["ar"], "--dlm-ckpt", checkpoints["dlm"], "--block-ckpt", checkpoints["block"],
-                "--data", corpus_file, "--device", "cpu", "--out", str(out), "--no-plots"])
+    efficiency.main(["--quick", "--configs", "ar", "--ops", "torch", "--gen-lens", "8", "--repeats", "2",
+                     "--block-len", "8", "--prompt-len", "8",
+                     "--ar-ckpt", checkpoints["ar"], "--dlm-ckpt", checkpoints["dlm"], "--block-ckpt", checkpoints["block"],
+                     "--data", corpus_file, "--device", "cpu", "--out", str(out), "--no-plots"])
     recs = json.loads(out.read_text())["records"]
-    assert [r["batch_size"] for r in recs] == bench.int_list(bench.QUICK["batch_sizes"])
+    assert [r["batch_size"] for r in recs] == efficiency.int_list(efficiency.QUICK["batch_sizes"])
     assert all(r["gen_len"] == 8 and len(r["runs"]) == 2 and r["prompt_len"] == 8 for r in recs)
 
 
@@ -194,13 +188,13 @@ def test_bench_bad_input_is_one_line(checkpoints, corpus_file, tmp_path, capsys,
     flag, value = change
     args = bench_args(checkpoints, corpus_file, tmp_path / "b.json", flag, checkpoints.get(value, value))
     with pytest.raises(SystemExit) as e:
-        bench.run(bench.main, args)
+        efficiency.run(efficiency.main, args)
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b.json").exists()
 
 
-@pytest.mark.parametrize("config", bench.CONFIGS)
+@pytest.mark.parametrize("config", efficiency.CONFIGS)
 def test_analytic_passes_match_a_real_run(config):
     """roofline.passes (the analytical model) == what the sampler runs, pass for pass, when each
     pass commits one token (LLaDA's schedule with steps = gen-len)."""

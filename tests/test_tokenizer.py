@@ -1,8 +1,10 @@
-"""Tokenizer: BPE training, tiktoken wrapping, special tokens.  python -m pytest -q tests/test_tokenizer.py"""
-
-from mini_dlm.tokenizer import EOT, MASK, MIN_VOCAB, Tokenizer, train_bpe
+"""Tokenizer: BPE training, tiktoken wrapping, special tokens, useful lengths.
+python -m pytest -q tests/test_tokenizer.py"""
 
 import pytest
+import torch
+
+from mini_dlm.tokenizer import EOT, MASK, MIN_VOCAB, Tokenizer, train_bpe, useful_lengths
 
 
 def test_round_trip_text_and_non_ascii(tokenizer, corpus):
@@ -61,3 +63,10 @@ def test_gpt2_option_works_or_says_why():
         return
     assert (tok.eot_id, tok.mask_id, tok.vocab_size) == (50256, 50257, 50258)  # GPT-2's own EOT id
     assert tok.decode(tok.encode("Hello world")) == "Hello world"
+
+
+def test_useful_lengths():
+    E = 7
+    gen = torch.tensor([[1, 2, 3, 4], [E, 1, 2, 3], [1, E, E, 2], [1, 2, 3, E]])
+    assert useful_lengths(gen, E).tolist() == [4, 0, 1, 3]
+    assert useful_lengths(torch.zeros(2, 0, dtype=torch.long), E).tolist() == [0, 0]

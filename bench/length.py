@@ -1,7 +1,7 @@
 """
 Benchmark: DAEDAL's variable length against fixed generation lengths (notes/07).
 
-    python bench_length.py --ckpt out-d-mdm/ckpt.pt --ar out-d-ar/ckpt.pt
+    python bench/length.py --ckpt out-d-mdm/ckpt.pt --ar out-d-ar/ckpt.pt
 
 Prompts: the speaker line ("ROMEO:\n") of --num-prompts documents spread over the validation
 split, so the model writes one speech and should end it. Every configuration decodes the
@@ -12,12 +12,16 @@ the output is cut at each row's first end-of-text:
 Reported per configuration: mean useful length (tokens before end-of-text), forward passes,
 positions computed (every position of every row in every pass: the compute), canvas tokens
 (the rows' final canvas lengths summed), seconds, and generative perplexity of the useful
-tokens under the AR checkpoint (mini_dlm/quality.py). The question: does auto match the best
+tokens under the AR checkpoint (bench/quality.py). The question: does auto match the best
 fixed length's perplexity with fewer canvas tokens?
 """
 
 import math
+import os
 import statistics
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
@@ -25,9 +29,11 @@ from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, non_negative_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
 from mini_dlm.dynamic import Daedal, generate_dynamic
-from mini_dlm.quality import distinct3, generative_nll, load_judge, useful_lengths
-from mini_dlm.roofline import count_forwards, device_name, timed_call
 from mini_dlm.sampler import finish, generate
+from mini_dlm.tokenizer import useful_lengths
+
+from quality import distinct3, generative_nll, load_judge
+from roofline import count_forwards, device_name, timed_call
 
 
 def get_parser():

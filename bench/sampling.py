@@ -2,7 +2,7 @@
 Benchmark: how much faster do Fast-dLLM's threshold decoding and the KV caches make sampling,
 and what does it cost in quality? (the table in notes/04)
 
-    python bench_sampling.py --full out/ckpt.pt --block out-bd3/ckpt.pt --ar out-ar/ckpt.pt
+    python bench/sampling.py --full out/ckpt.pt --block out-bd3/ckpt.pt --ar out-ar/ckpt.pt
 
 For each prompt, at batch 1, it generates --gen-len tokens with
   LLaDA baseline          full-attention model, steps = gen-len (one token per pass), no cache
@@ -21,14 +21,19 @@ and decoding rule.
 """
 
 import math
+import os
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
-from mini_dlm.quality import distinct3, generative_nll, load_judge
-from mini_dlm.roofline import device_name, timed_call
 from mini_dlm.sampler import finish, generate
+
+from quality import distinct3, generative_nll, load_judge
+from roofline import device_name, timed_call
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
 

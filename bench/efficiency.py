@@ -4,8 +4,8 @@ with a KV cache and of the diffusion samplers, across batch sizes, with a qualit
 a roofline. The question of "How Efficient Are Diffusion Language Models?" (2025), on models
 trained here.
 
-    python bench.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
-    python bench.py --quick        # a small grid: under a minute on a 2-core CPU
+    python bench/efficiency.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
+    python bench/efficiency.py --quick        # a small grid: under a minute on a 2-core CPU
 
 Configurations, each with the compiled ops (ext) and the PyTorch reference ops (torch):
   ar               the AR checkpoint, one token per pass, KV cache      (sampler.generate_ar)
@@ -16,11 +16,11 @@ Configurations, each with the compiled ops (ext) and the PyTorch reference ops (
 
 Method, per configuration and batch size B:
   - prompts: --prompt-len tokens from B windows spread evenly over the validation split;
-  - one untimed run logs every forward's FLOPs and bytes (mini_dlm/roofline.py) and gives the
+  - one untimed run logs every forward's FLOPs and bytes (bench/roofline.py) and gives the
     tokens; --repeats timed runs (synchronised) must reproduce them (greedy decoding is
     deterministic), and their median time is the result;
   - tokens_per_s counts the fixed canvas, B * gen-len; useful_tokens_per_s counts each row's
-    tokens before its first end-of-text (mini_dlm/quality.py);
+    tokens before its first end-of-text (mini_dlm/tokenizer.py: useful_lengths);
   - gen_ppl: generative perplexity of the useful tokens under the AR checkpoint (for the AR
     configuration that is the model scoring itself);
   - a batch whose median exceeds --max-seconds, or that runs out of memory, ends the sweep of
@@ -37,6 +37,9 @@ import json
 import math
 import os
 import statistics
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
@@ -44,10 +47,11 @@ from mini_dlm import backend
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, finite_float, positive_float, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
-from mini_dlm.quality import generative_nll, useful_lengths
-from mini_dlm.roofline import (copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak,
-                               timed_call)
 from mini_dlm.sampler import finish, generate, generate_ar
+from mini_dlm.tokenizer import useful_lengths
+
+from quality import generative_nll
+from roofline import copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak, timed_call
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
 QUICK = dict(batch_sizes="1,4,16", gen_lens="64", prompt_len=32, repeats=1)  # --quick, for flags left at default
@@ -89,8 +93,8 @@ def get_parser():
                    help="weights and activations; auto: bfloat16 on a GPU, float32 on a CPU")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the prompts")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
-    p.add_argument("--out", default="bench.json", help="JSON records; the plots go beside it (_throughput.png, "
-                   "_roofline.png)")
+    p.add_argument("--out", default="bench-out/efficiency.json", help="JSON records (bench-out/ is git-ignored; "
+                   "notes/bench/ keeps the recorded runs); the plots go beside it (_throughput.png, _roofline.png)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")
     p.add_argument("--replot", metavar="JSON", help="only redraw the plots of an earlier --out file, beside it")
     return p

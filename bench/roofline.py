@@ -36,12 +36,14 @@ from contextlib import contextmanager
 
 import torch
 
+from mini_dlm.model import swiglu_hidden
+
 
 def forward_cost(cfg, B, T, keys, n_out, kv_written, elem):
     """(FLOPs, weight bytes, row bytes) of one forward (see the module docstring). keys: the sum
     over rows of the keys each row's queries see. Row bytes grow with the batch, weight bytes not."""
     C, V, n = cfg.n_embd, cfg.vocab_size, cfg.n_layer
-    F = 64 * math.ceil(8 * C / 3 / 64)  # mini_dlm/model.py: MLP hidden width
+    F = swiglu_hidden(C)
     n_blk = n * (4 * C * C + 3 * C * F)
     flops = 2 * B * T * n_blk + 4 * C * n * T * keys + 2 * B * n_out * C * V
     weight_bytes = (n_blk + V * C + min(B * T, V) * C) * elem  # blocks, head, embedding rows

@@ -1,8 +1,6 @@
 """
 Quality figures for generated text (notes/04, notes/06).
 
-  useful length        tokens before a row's first end-of-text: what a user keeps; a fixed
-                       canvas filled past the end of the document is not output
   generative NLL       mean negative log-likelihood of the generated tokens under an AR model,
                        given the prompt; exp of it is the generative perplexity (MDLM's
                        "gen PPL"). Lower reads more like the training text to that model, but
@@ -23,12 +21,6 @@ def load_judge(path, tokenizer, device):
     if ar.config.objective != "ar" or tok.fingerprint() != tokenizer.fingerprint():
         raise ValueError(f"{path} must be an AR checkpoint with the same tokenizer as the model it scores")
     return ar
-
-
-def useful_lengths(gen, eot_id):
-    """gen (B, G) generated ids -> (B,) int64: the position of each row's first eot_id, or G."""
-    before = (gen == eot_id).cumsum(dim=1) == 0  # (B, G): no end-of-text up to here
-    return before.sum(dim=1)
 
 
 @torch.no_grad()

@@ -2,9 +2,9 @@
 Kernel benchmark, llm.c style: validate every compiled op against its PyTorch reference, then
 time both and print a fixed table.
 
-    python bench_kernels.py                 # the CPU kernels
-    python bench_kernels.py --device cuda   # the CUDA kernels (CUDA events for timing)
-    python bench_kernels.py --device cuda --json kernels.json   # also write the rows as JSON
+    python bench/kernels.py                 # the CPU kernels
+    python bench/kernels.py --device cuda   # the CUDA kernels (CUDA events for timing)
+    python bench/kernels.py --device cuda --json bench-out/kernels.json   # also write the rows as JSON
 
 Bytes each op must move, and GB/s = bytes / time:
   unmask           every eligible row of logits, once: rows_read * V * bytes_per_logit.
@@ -16,13 +16,18 @@ timed against what one would write without the op: torch.cat of the cache + SDPA
 """
 
 import json
+import os
+import sys
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 import torch.nn.functional as F
 
 from mini_dlm import backend, ops
 from mini_dlm.cli import Parser, positive_int, resolve_device, run
-from mini_dlm.roofline import copy_bandwidth, device_name, timed
+
+from roofline import copy_bandwidth, device_name, timed
 
 F32, BF16 = torch.float32, torch.bfloat16
 UNMASK_SHAPES = {  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
@@ -145,6 +150,7 @@ def main(argv=None):
         bench_unmask(device, peak, args.repeats, rows)
         bench_attention(device, peak, args.repeats, rows)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "copy_gbs": peak, "rows": rows}, f, indent=1)
         print(f"wrote {args.json}")
