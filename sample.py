@@ -24,8 +24,8 @@ import time
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, positive_float, positive_int,
-                          print_config, resolve_device, run)
+from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
+                          probability, resolve_device, run)
 from mini_dlm.ops import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.dynamic import generate_dynamic
 from mini_dlm.quality import useful_lengths
@@ -48,7 +48,7 @@ def get_parser():
                    "(default: 32, or the block size a block-diffusion checkpoint was trained with)")
     p.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="how guesses are scored "
                    "(the best commit first): p(x0), p1 - p2, -entropy, or at random")
-    p.add_argument("--threshold", type=finite_float, help="Fast-dLLM: commit every guess with confidence >= TAU, "
+    p.add_argument("--threshold", type=probability, help="Fast-dLLM: commit every guess with confidence >= TAU, "
                    "at least one per step (default: off, LLaDA's schedule)")
     p.add_argument("--factor", type=positive_float, help="Fast-dLLM's factor rule instead of a fixed threshold "
                    "(default: off)")
@@ -66,9 +66,9 @@ def get_parser():
     g.add_argument("--max-len", type=positive_int, help="longest canvas (default: what the context leaves after the prompt)")
     g.add_argument("--grow", type=positive_int, default=16, help="masks appended while the tail is not end-of-text")
     g.add_argument("--tail", type=positive_int, default=8, help="positions whose end-of-text probability is averaged")
-    g.add_argument("--eot-threshold", type=non_negative_float, default=0.5, help="grow while the tail's mean "
+    g.add_argument("--eot-threshold", type=probability, default=0.5, help="grow while the tail's mean "
                    "end-of-text probability is below this")
-    g.add_argument("--low-threshold", type=non_negative_float, help="insert masks where the best guess's confidence "
+    g.add_argument("--low-threshold", type=probability, help="insert masks where the best guess's confidence "
                    "is below this (default: off)")
     g.add_argument("--insert", type=positive_int, default=4, help="masks a low-confidence position becomes")
     p.add_argument("--show-steps", action="store_true", help="print the first sample's canvas after every step, "

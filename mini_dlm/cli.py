@@ -66,6 +66,10 @@ def positive_float(s):
     return number(s, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
+def probability(s):
+    return number(s, float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
 def resolve_device(name):
     """auto -> cuda if available else cpu. Asking for cuda without one is an error."""
     if name == "auto":

@@ -152,7 +152,11 @@ def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     (["--gen-len", "8", "--block-len", "8", "--cache", "block"], "needs a block-diffusion checkpoint"),
     (["--gen-len", "8", "--block-len", "8", "--threshold", "0.9", "--factor", "1"], "not both"),
     (["--factor", "0"], "> 0"),
-    (["--threshold", "nan"], "finite"),
+    (["--threshold", "nan"], "--threshold: must be a probability in [0, 1], got nan"),
+    (["--threshold", "1.5"], "--threshold: must be a probability in [0, 1]"),
+    (["--threshold", "-1"], "--threshold: must be a probability in [0, 1]"),
+    (["--gen-len", "auto", "--eot-threshold", "2"], "--eot-threshold: must be a probability in [0, 1]"),
+    (["--gen-len", "auto", "--low-threshold", "-0.1"], "--low-threshold: must be a probability in [0, 1]"),
     (["--cache", "kv"], "invalid choice"),
 ])
 def test_bad_sampling_flags(trained, capsys, flags, match):
