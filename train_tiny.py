@@ -22,7 +22,8 @@ import torch
 
 from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
-from mini_dlm.cli import Parser, autocast, non_negative_float, non_negative_int, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, non_negative_int, positive_int, print_config,
+                          resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
@@ -87,8 +88,17 @@ def lr_at(it, args):
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * (args.lr - args.min_lr)
 
 
+def check_flags(args):
+    """What the flag types alone cannot check; fails before anything is read or written."""
+    if args.min_lr > args.lr:
+        raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it
+        check_out_dir(args.out_dir)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    check_flags(args)
     world = distributed.setup(resolve_device(args.device))  # torchrun: join the process group; else a world of one
     try:
         train(args, world)

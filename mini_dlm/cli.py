@@ -4,7 +4,9 @@ ends in one line on stderr and a non-zero exit, never a traceback.
 """
 
 import argparse
+import os
 import sys
+import tempfile
 from contextlib import nullcontext
 
 import torch
@@ -68,6 +70,39 @@ def positive_float(s):
 
 def probability(s):
     return number(s, float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def check_out_dir(path, flag="--out-dir"):
+    """ValueError naming flag unless path is, or can be made, a directory we can write files in.
+    Tried for real (root passes every permission check, /proc refuses even root), then undone:
+    the directories it had to make are removed again."""
+    made = missing_dirs(path, flag)
+    what = "cannot create this directory"
+    try:
+        os.makedirs(path, exist_ok=True)
+        what = "cannot write files in this directory"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: {what} ({e.strerror or e})") from None
+    finally:
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass  # not ours to remove any more (someone wrote in it meanwhile)
+
+
+def missing_dirs(path, flag):
+    """The directories os.makedirs(path) would make, deepest first; ValueError if a file is in the way."""
+    made, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        which = "" if p == os.path.abspath(path) else f"{p} "
+        raise ValueError(f"{flag} {path}: {which}is a file, not a directory")
+    return made
 
 
 def resolve_device(name):

@@ -130,11 +130,31 @@ def test_bad_data_files(tmp_path, capsys, content, match):
     (["--batch-size", "-3"], "positive integer"),
     (["--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--lr", "fast"], "expected a finite number >= 0"),
+    (["--lr", "1e-3", "--min-lr", "2e-3"], "--min-lr 0.002 is above --lr 0.001"),
 ])
 def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
     out = tmp_path / "out"
     fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(out)] + flags, capsys, match)
     assert not out.exists() or not os.listdir(out)
+
+
+def test_bad_out_dirs(tmp_path, capsys, corpus_file):
+    afile = write(tmp_path, "afile", b"not a directory")
+    cases = {afile: f"--out-dir {afile}: is a file, not a directory",
+             os.path.join(afile, "sub"): f"--out-dir {afile}/sub: {afile} is a file, not a directory"}
+    if os.path.isdir("/proc/self"):  # Linux: /proc refuses new directories, even to root
+        cases["/proc/mini_dlm_x"] = "--out-dir /proc/mini_dlm_x: cannot create this directory"
+    for out, match in cases.items():
+        fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", out], capsys, match)
+
+
+def test_out_dir_check_leaves_nothing_behind(tmp_path):
+    from mini_dlm.cli import check_out_dir
+    check_out_dir(str(tmp_path / "a" / "b"))
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "kept").mkdir()
+    check_out_dir(str(tmp_path / "kept"))
+    assert os.listdir(tmp_path / "kept") == []
 
 
 def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
