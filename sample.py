@@ -113,7 +113,7 @@ def main(argv=None):
     # which implementation runs each op (ValueError if ext is asked for but missing)
     ops_used = {key: describe_backend(op, device)
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
-    model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
+    model, tokenizer, ckpt = load_checkpoint(args.ckpt, device, "--ckpt")
     cfg = model.config
     ar = cfg.objective == "ar"
     texts = args.prompt or ["ROMEO:"]

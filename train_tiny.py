@@ -116,7 +116,7 @@ def train(args, world):
     # -- model shape: from the flags, or from the checkpoint when resuming
     resumed = None
     if args.resume:
-        model, tokenizer, resumed = load_checkpoint(ckpt_path)
+        model, tokenizer, resumed = load_checkpoint(ckpt_path, flag="--resume")
         cfg, tc = model.config, resumed["train_config"]
         for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags

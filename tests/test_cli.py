@@ -159,7 +159,7 @@ def test_out_dir_check_leaves_nothing_behind(tmp_path):
 
 def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(tmp_path), "--resume"],
-                  capsys, "checkpoint not found")
+                  capsys, f"--resume {tmp_path / 'ckpt.pt'}: checkpoint not found")
 
 
 @pytest.mark.parametrize("flags, match", [
@@ -185,15 +185,23 @@ def test_bad_sampling_flags(trained, capsys, flags, match):
 
 def test_bad_checkpoints(trained, tmp_path, capsys):
     good = open(os.path.join(trained, "ckpt.pt"), "rb").read()
+    truncated = write(tmp_path, "truncated.pt", good[: len(good) // 2])
     cases = {
         str(tmp_path / "nope.pt"): "checkpoint not found",
-        write(tmp_path, "truncated.pt", good[: len(good) // 2]): "truncated or not a torch file",
-        write(tmp_path, "text.pt", b"hello, not a checkpoint\n"): "truncated or not a torch file",
+        trained: f"--ckpt {trained}: is a directory, not a checkpoint file",
+        truncated: f"--ckpt {truncated}: not a complete checkpoint (truncated or corrupt)",
+        write(tmp_path, "text.pt", b"hello, not a checkpoint\n"): "not a mini_dlm checkpoint (not a file torch.save wrote)",
+        write(tmp_path, "empty.pt", b""): "empty file",
     }
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    cases[str(tmp_path / "foreign.pt")] = "not a mini_dlm checkpoint"
+    cases[str(tmp_path / "foreign.pt")] = "not a mini_dlm checkpoint (expected format"
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled class: weights_only refuses it
+    cases[str(tmp_path / "module.pt")] = "not a mini_dlm checkpoint (it holds Python objects"
     for path, match in cases.items():
         fails_cleanly(sample.main, ["--ckpt", path, "--device", "cpu"], capsys, match)
+        with pytest.raises(ValueError) as e:
+            load_checkpoint(path)
+        assert "weights_only" not in str(e.value) and len(str(e.value)) < 100 + len(path), str(e.value)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus_file, tmp_path):
