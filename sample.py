@@ -58,7 +58,7 @@ def get_parser():
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag()
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops (unmask, "
                    "block_attention): the compiled csrc/ kernels where built (auto, ext) or the PyTorch reference (torch)")
     g = p.add_argument_group("variable length (--gen-len auto, mini_dlm/dynamic.py)")

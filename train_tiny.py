@@ -62,7 +62,7 @@ def get_parser():
     g.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW decay on matrices and embeddings")
     g.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag(g)
     g.add_argument("--seed", type=int, default=1337, help="initial weights, batches and masks")
     g.add_argument("--eval-interval", type=positive_int, default=500, help="steps between validation + checkpoint")
     g.add_argument("--eval-windows", type=positive_int, default=64, help="validation windows per evaluation")

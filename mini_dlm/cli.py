@@ -31,6 +31,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         die(f"{self.prog}: {message}")
 
+    def add_device_flag(self, group=None, default="auto"):
+        """--device, alike in every script (into group, an argument group of this parser, if given)."""
+        (group or self).add_argument("--device", default=default, choices=("auto", "cpu", "cuda"),
+                                     help="auto: cuda if available")
+
 
 def die(message, code=2):
     print(f"error: {message}", file=sys.stderr)
