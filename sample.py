@@ -25,7 +25,7 @@ import torch
 
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
-                          probability, resolve_device, run)
+                          probability, resolve_device, run, set_threads)
 from mini_dlm.ops import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.dynamic import generate_dynamic
 from mini_dlm.quality import useful_lengths
@@ -59,6 +59,7 @@ def get_parser():
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
     p.add_device_flag()
+    p.add_threads_flag()
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops (unmask, "
                    "block_attention): the compiled csrc/ kernels where built (auto, ext) or the PyTorch reference (torch)")
     g = p.add_argument_group("variable length (--gen-len auto, mini_dlm/dynamic.py)")
@@ -108,6 +109,7 @@ def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    args.threads = set_threads(args.threads)
     device = resolve_device(args.device)
     set_backend(args.backend)
     # which implementation runs each op (ValueError if ext is asked for but missing)

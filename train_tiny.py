@@ -23,7 +23,7 @@ import torch
 from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
 from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, non_negative_int, positive_int, print_config,
-                          resolve_device, run)
+                          resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
@@ -63,6 +63,7 @@ def get_parser():
     g.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
     g = p.add_argument_group("run")
     p.add_device_flag(g)
+    p.add_threads_flag(g)
     g.add_argument("--seed", type=int, default=1337, help="initial weights, batches and masks")
     g.add_argument("--eval-interval", type=positive_int, default=500, help="steps between validation + checkpoint")
     g.add_argument("--eval-windows", type=positive_int, default=64, help="validation windows per evaluation")
@@ -99,6 +100,7 @@ def check_flags(args):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     check_flags(args)
+    args.threads = set_threads(args.threads)
     world = distributed.setup(resolve_device(args.device))  # torchrun: join the process group; else a world of one
     try:
         train(args, world)

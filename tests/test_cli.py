@@ -287,6 +287,34 @@ def test_backends_give_the_same_text(trained, capsys):
     assert texts[0] == texts[1]
 
 
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_threads_flag_sets_and_prints_the_thread_count(trained, capsys, keep_threads):
+    sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--gen-len", "4", "--block-len", "4",
+                 "--threads", "2"])
+    assert "\n  threads        = 2\n" in capsys.readouterr().out and torch.get_num_threads() == 2
+    fails_cleanly(sample.main, ["--threads", "0"], capsys, "--threads: must be a positive integer")
+
+
+@pytest.mark.parametrize("env, cpus, expected", [
+    ("3", 16, 3), ("5,2", 16, 5),  # OMP_NUM_THREADS wins (its first level when nested)
+    (None, 1, 1), (None, 2, 1), (None, 6, 3), (None, 64, 4), ("many", 6, 3),  # else half the CPUs, 1 to 4
+])
+def test_default_threads(monkeypatch, env, cpus, expected):
+    from mini_dlm.cli import default_threads
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert default_threads() == expected
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 @pytest.mark.parametrize("backend", ["ext", "auto"])
 def test_cuda_without_a_gpu_is_one_line(trained, capsys, backend):
