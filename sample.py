@@ -31,6 +31,16 @@ from mini_dlm.dynamic import generate_dynamic
 from mini_dlm.quality import useful_lengths
 from mini_dlm.sampler import CACHES, REMASKING, generate, generate_ar
 
+SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps")
+DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold")
+MODES = {  # how a run samples -> the flags it uses, besides those every run uses (all the others)
+    "diffusion": SCHEDULE,
+    "block diffusion": SCHEDULE,
+    "block diffusion, auto length": ("max_len", "remasking", "threshold", "cache"),
+    "DAEDAL, auto length": DAEDAL,
+    "AR": ("show_steps",),
+}
+MODE_ONLY = {flag for flags in MODES.values() for flag in flags}
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
 FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal
 
@@ -87,6 +97,20 @@ def gen_len(s):
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {s!r}") from None
 
 
+def sampling_mode(cfg, auto):
+    """The MODES key for a checkpoint's model config and --gen-len auto (auto) or not."""
+    if cfg.objective == "ar":
+        return "AR"
+    if cfg.block_size:
+        return "block diffusion, auto length" if auto else "block diffusion"
+    return "DAEDAL, auto length" if auto else "diffusion"
+
+
+def flags_used(args, mode):
+    """The flags (name -> value) a run in mode uses: every run's, and its mode's."""
+    return {k: v for k, v in vars(args).items() if k not in MODE_ONLY or k in MODES[mode]}
+
+
 def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
     """Token ids -> text, each mask token drawn as MASK_GLYPH. Runs of real tokens are decoded
     together so characters split across tokens come out whole. With colour, tokens where
@@ -135,9 +159,10 @@ def main(argv=None):
     args.steps = args.steps or (None if auto else args.gen_len)
     args.block_len = args.block_len or cfg.block_size or 32
     prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
-    print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
-                            "block_size": cfg.block_size, "trained_steps": ckpt["step"], **ops_used,
-                            "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
+    mode = sampling_mode(cfg, auto)
+    print_config("config", {"mode": mode, **flags_used(args, mode), "device": str(device),
+                            "objective": cfg.objective, "block_size": cfg.block_size, "trained_steps": ckpt["step"],
+                            **ops_used, "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
 
     M, P = cfg.mask_id, max(len(p) for p in prompts)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")

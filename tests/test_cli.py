@@ -243,6 +243,48 @@ def test_block_diffusion_checkpoint_samples_the_same_with_and_without_cache(trai
     assert texts[0] == texts[1] and "KING: now" in texts[0]
 
 
+@pytest.fixture(scope="module")
+def trained_ar(corpus_file, tmp_path_factory):
+    """A 2-step AR run."""
+    out = str(tmp_path_factory.mktemp("ar"))
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "2", "--objective", "ar"])
+    return os.path.join(out, "ckpt.pt")
+
+
+def printed_config(out):
+    """sample.py's 'config:' lines -> {key: value as printed}."""
+    lines = out[out.index("config:\n") + 8:].splitlines()
+    rows = [line.split(" = ", 1) for line in lines[:next(i for i, l in enumerate(lines) if not l.startswith("  "))]]
+    return {k.strip(): v for k, v in rows}
+
+
+SCHEDULE_FLAGS = {"steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps"}
+MODE_FLAGS = {  # sample.py's flags that one mode uses and another ignores
+    "diffusion": SCHEDULE_FLAGS,
+    "block diffusion": SCHEDULE_FLAGS,
+    "block diffusion, auto length": {"max_len", "remasking", "threshold", "cache"},
+    "DAEDAL, auto length": {"init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert",
+                            "remasking", "threshold"},
+    "AR": {"show_steps"},
+}
+
+
+def test_sample_prints_the_flags_of_its_mode_only(trained, trained_blocks, trained_ar, capsys):
+    runs = {"diffusion": (os.path.join(trained, "ckpt.pt"), ["--gen-len", "8", "--block-len", "8"]),
+            "block diffusion": (trained_blocks, ["--gen-len", "8"]),
+            "block diffusion, auto length": (trained_blocks, ["--gen-len", "auto", "--max-len", "16"]),
+            "DAEDAL, auto length": (os.path.join(trained, "ckpt.pt"), ["--gen-len", "auto", "--init-len", "8",
+                                                                       "--max-len", "16"]),
+            "AR": (trained_ar, ["--gen-len", "4"])}
+    every_mode = set().union(*MODE_FLAGS.values())
+    for mode, (ckpt, flags) in runs.items():
+        sample.main(["--ckpt", ckpt, "--device", "cpu"] + flags)
+        config = printed_config(capsys.readouterr().out)
+        assert config["mode"] == mode
+        assert {"ckpt", "prompt", "gen_len", "temperature", "num_samples", "seed", "threads", "backend"} <= set(config)
+        assert set(config) & every_mode == MODE_FLAGS[mode], mode
+
+
 def test_block_diffusion_checkpoint_refuses_other_block_lengths(trained_blocks, capsys):
     fails_cleanly(sample.main, ["--ckpt", trained_blocks, "--device", "cpu", "--block-len", "16"], capsys,
                   "use --block-len 8")
