@@ -24,14 +24,24 @@ import time
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import (Parser, autocast, finite_float, non_negative_float, positive_float, positive_int,
-                          print_config, resolve_device, run)
 from mini_dlm.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
+from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
+                          probability, resolve_device, run, set_threads)
 from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.op_args import REMASKING
 from mini_dlm.sampler import CACHES, finish, generate, generate_ar, stop_at
 from mini_dlm.tokenizer import useful_lengths
 
+SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps")
+DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold")
+MODES = {  # how a run samples -> the flags it uses, besides those every run uses (all the others)
+    "diffusion": SCHEDULE,
+    "block diffusion": SCHEDULE,
+    "block diffusion, auto length": ("max_len", "remasking", "threshold", "cache"),
+    "DAEDAL, auto length": DAEDAL,
+    "AR": ("show_steps",),
+}
+MODE_ONLY = {flag for flags in MODES.values() for flag in flags}
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
 FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal
 
@@ -49,7 +59,7 @@ def get_parser():
                    "(default: 32, or the block size a block-diffusion checkpoint was trained with)")
     p.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="how guesses are scored "
                    "(the best commit first): p(x0), p1 - p2, -entropy, or at random")
-    p.add_argument("--threshold", type=finite_float, help="Fast-dLLM: commit every guess with confidence >= TAU, "
+    p.add_argument("--threshold", type=probability, help="Fast-dLLM: commit every guess with confidence >= TAU, "
                    "at least one per step (default: off, LLaDA's schedule)")
     p.add_argument("--factor", type=positive_float, help="Fast-dLLM's factor rule instead of a fixed threshold "
                    "(default: off)")
@@ -59,7 +69,8 @@ def get_parser():
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag()
+    p.add_threads_flag()
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops (unmask, "
                    "block_attention): the compiled csrc/ kernels where built (auto, ext) or the PyTorch reference (torch)")
     g = p.add_argument_group("variable length (--gen-len auto, mini_dlm/dynamic.py)")
@@ -67,9 +78,9 @@ def get_parser():
     g.add_argument("--max-len", type=positive_int, help="longest canvas (default: what the context leaves after the prompt)")
     g.add_argument("--grow", type=positive_int, default=16, help="masks appended while the tail is not end-of-text")
     g.add_argument("--tail", type=positive_int, default=8, help="positions whose end-of-text probability is averaged")
-    g.add_argument("--eot-threshold", type=non_negative_float, default=0.5, help="grow while the tail's mean "
+    g.add_argument("--eot-threshold", type=probability, default=0.5, help="grow while the tail's mean "
                    "end-of-text probability is below this")
-    g.add_argument("--low-threshold", type=non_negative_float, help="insert masks where the best guess's confidence "
+    g.add_argument("--low-threshold", type=probability, help="insert masks where the best guess's confidence "
                    "is below this (default: off)")
     g.add_argument("--insert", type=positive_int, default=4, help="masks a low-confidence position becomes")
     p.add_argument("--show-steps", action="store_true", help="print the first sample's canvas after every step, "
@@ -85,6 +96,20 @@ def gen_len(s):
         return positive_int(s)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {s!r}") from None
+
+
+def sampling_mode(cfg, auto):
+    """The MODES key for a checkpoint's model config and --gen-len auto (auto) or not."""
+    if cfg.objective == "ar":
+        return "AR"
+    if cfg.block_size:
+        return "block diffusion, auto length" if auto else "block diffusion"
+    return "DAEDAL, auto length" if auto else "diffusion"
+
+
+def flags_used(args, mode):
+    """The flags (name -> value) a run in mode uses: every run's, and its mode's."""
+    return {k: v for k, v in vars(args).items() if k not in MODE_ONLY or k in MODES[mode]}
 
 
 def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
@@ -137,12 +162,13 @@ def sampler(args, model, prompts, generator, eot_id, P):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    args.threads = set_threads(args.threads)
     device = resolve_device(args.device)
     set_backend(args.backend)
     # which implementation runs each op (ValueError if ext is asked for but missing)
     ops_used = {key: describe_backend(op, device)
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
-    model, tokenizer, ckpt = load_checkpoint(args.ckpt, device)
+    model, tokenizer, ckpt = load_checkpoint(args.ckpt, device, "--ckpt")
     cfg = model.config
     ar = cfg.objective == "ar"
     texts = args.prompt or ["ROMEO:"]
@@ -162,9 +188,10 @@ def main(argv=None):
     args.steps = args.steps or (None if auto else args.gen_len)
     args.block_len = args.block_len or cfg.block_size or 32
     prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
-    print_config("config", {**vars(args), "device": str(device), "objective": cfg.objective,
-                            "block_size": cfg.block_size, "trained_steps": ckpt["step"], **ops_used,
-                            "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
+    mode = sampling_mode(cfg, auto)
+    print_config("config", {"mode": mode, **flags_used(args, mode), "device": str(device),
+                            "objective": cfg.objective, "block_size": cfg.block_size, "trained_steps": ckpt["step"],
+                            **ops_used, "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
 
     M, P = cfg.mask_id, max(len(p) for p in prompts)
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")

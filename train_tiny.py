@@ -22,7 +22,8 @@ import torch
 
 from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
-from mini_dlm.cli import Parser, autocast, non_negative_float, non_negative_int, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, non_negative_int, positive_int, print_config,
+                          resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
@@ -61,7 +62,8 @@ def get_parser():
     g.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW decay on matrices and embeddings")
     g.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag(g)
+    p.add_threads_flag(g)
     g.add_argument("--seed", type=int, default=1337, help="initial weights, batches and masks")
     g.add_argument("--eval-interval", type=positive_int, default=500, help="steps between validation + checkpoint")
     g.add_argument("--eval-windows", type=positive_int, default=64, help="validation windows per evaluation")
@@ -87,8 +89,18 @@ def lr_at(it, args):
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * (args.lr - args.min_lr)
 
 
+def check_flags(args):
+    """What the flag types alone cannot check; fails before anything is read or written."""
+    if args.min_lr > args.lr:
+        raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it
+        check_out_dir(args.out_dir)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    check_flags(args)
+    args.threads = set_threads(args.threads)
     world = distributed.setup(resolve_device(args.device))  # torchrun: join the process group; else a world of one
     try:
         train(args, world)
@@ -106,7 +118,7 @@ def train(args, world):
     # -- model shape: from the flags, or from the checkpoint when resuming
     resumed = None
     if args.resume:
-        model, tokenizer, resumed = load_checkpoint(ckpt_path)
+        model, tokenizer, resumed = load_checkpoint(ckpt_path, flag="--resume")
         cfg, tc = model.config, resumed["train_config"]
         for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags

@@ -92,7 +92,7 @@ def get_parser():
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights and activations; auto: bfloat16 on a GPU, float32 on a CPU")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the prompts")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag()
     p.add_argument("--out", default="bench-out/efficiency.json", help="JSON records (bench-out/ is git-ignored; "
                    "notes/bench/ keeps the recorded runs); the plots go beside it (_throughput.png, _roofline.png)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (they need matplotlib)")

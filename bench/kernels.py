@@ -47,7 +47,7 @@ ATTENTION_SHAPES = {  # (B, H, b, D, Lc, Ls, dtype): every prefix slot valid
 
 def get_parser():
     p = Parser(description="Validate, then time the compiled ops against their PyTorch reference.")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to run")
+    p.add_device_flag(default="cpu")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per measurement (after 2 warm-up calls)")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON (default: off)")
     return p

@@ -53,7 +53,7 @@ def get_parser():
     p.add_argument("--eot-threshold", type=non_negative_float, default=0.5, help="auto: grow below this")
     p.add_argument("--low-threshold", type=non_negative_float, help="auto: insert masks below this (default: off)")
     p.add_argument("--insert", type=positive_int, default=4, help="auto: masks per insertion")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag()
     return p
 
 

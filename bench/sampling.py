@@ -47,7 +47,7 @@ def get_parser():
     p.add_argument("--block-len", type=positive_int, default=32, help="block length for the full-attention model")
     p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau")
     p.add_argument("--prompt", action="append", help=f"repeatable (default: {len(PROMPTS)} speaker prompts)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if available")
+    p.add_device_flag()
     return p
 
 

@@ -8,6 +8,8 @@ only tensors and plain Python values, so loading one cannot run code.
 """
 
 import os
+import pickle
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -29,15 +31,36 @@ def atomic_save(obj, path):
             os.remove(tmp)
 
 
-def safe_load(path, what):
-    """torch.load(weights_only=True) with one-line errors for missing or corrupt files."""
+def safe_load(path, what="checkpoint", flag=None):
+    """torch.load(weights_only=True), or a ValueError of one short line that names flag (the
+    command-line flag path came from) and path, and says what is wrong with the file."""
+    who = f"{flag} {path}" if flag else path
+    if os.path.isdir(path):
+        raise ValueError(f"{who}: is a directory, not a {what} file")
     if not os.path.isfile(path):
-        raise ValueError(f"{what} not found: {path}")
+        raise ValueError(f"{who}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, random bytes, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read {what} {path} (truncated or not a torch file): {first}") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ValueError(f"{who}: cannot read it ({e.strerror})") from None
+    if not head:
+        raise ValueError(f"{who}: empty file, not a {what}")
+    try:
+        with warnings.catch_warnings():  # e.g. a foreign pickle's protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own messages run to hundreds of characters
+        raise ValueError(f"{who}: {load_failure(head, e, what)}") from None
+
+
+def load_failure(head, error, what):
+    """Why torch.load(weights_only=True) failed on a file beginning with bytes head, in a few words."""
+    if head != b"PK\x03\x04":  # how a file torch.save wrote begins (a zip archive)
+        return f"not a mini_dlm {what} (not a file torch.save wrote)"
+    if isinstance(error, pickle.UnpicklingError):  # refused by weights_only: a pickled class, function, ...
+        return f"not a mini_dlm {what} (it holds Python objects, not only tensors and plain values)"
+    return f"not a complete {what} (truncated or corrupt)"
 
 
 def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_config=None, val=None):
@@ -53,15 +76,17 @@ def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_config=N
     }, path)
 
 
-def load_checkpoint(path, device="cpu"):
-    """-> (model in eval mode on device, tokenizer, the raw checkpoint dict)."""
-    ckpt = safe_load(path, "checkpoint")
+def load_checkpoint(path, device="cpu", flag=None):
+    """-> (model in eval mode on device, tokenizer, the raw checkpoint dict). Errors name flag,
+    the command-line flag path came from, if given."""
+    who = f"{flag} {path}" if flag else path
+    ckpt = safe_load(path, "checkpoint", flag)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a mini_dlm checkpoint (expected format {FORMAT!r})")
+        raise ValueError(f"{who}: not a mini_dlm checkpoint (expected format {FORMAT!r})")
     try:
         model = Transformer(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         tokenizer = Tokenizer.from_dict(ckpt["tokenizer"])
     except (KeyError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{path} is a damaged mini_dlm checkpoint: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{who}: a damaged mini_dlm checkpoint ({str(e).splitlines()[0][:100]})") from None
     return model.to(device).eval(), tokenizer, ckpt

@@ -1,10 +1,12 @@
 """
-What train_tiny.py and sample.py share: flag types, device choice, and the rule that bad input
-ends in one line on stderr and a non-zero exit, never a traceback.
+What train_tiny.py and sample.py share: flag types, device and thread choice, and the rule that
+bad input ends in one line on stderr and a non-zero exit, never a traceback.
 """
 
 import argparse
+import os
 import sys
+import tempfile
 from contextlib import nullcontext
 
 import torch
@@ -28,6 +30,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         die(f"{self.prog}: {message}")
+
+    def add_device_flag(self, group=None, default="auto"):
+        """--device, alike in every script (into group, an argument group of this parser, if given)."""
+        (group or self).add_argument("--device", default=default, choices=("auto", "cpu", "cuda"),
+                                     help="auto: cuda if available")
+
+    def add_threads_flag(self, group=None):
+        """--threads: the CPU threads torch may use; set_threads applies it."""
+        (group or self).add_argument("--threads", type=positive_int, help="CPU threads torch uses (default: "
+                                     f"$OMP_NUM_THREADS if set, else {THREADS_RULE}: {default_threads()} here)")
 
 
 def die(message, code=2):
@@ -64,6 +76,64 @@ def finite_float(s):
 
 def positive_float(s):
     return number(s, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+
+
+def probability(s):
+    return number(s, float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def check_out_dir(path, flag="--out-dir"):
+    """ValueError naming flag unless path is, or can be made, a directory we can write files in.
+    Tried for real (root passes every permission check, /proc refuses even root), then undone:
+    the directories it had to make are removed again."""
+    made = missing_dirs(path, flag)
+    what = "cannot create this directory"
+    try:
+        os.makedirs(path, exist_ok=True)
+        what = "cannot write files in this directory"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: {what} ({e.strerror or e})") from None
+    finally:
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass  # not ours to remove any more (someone wrote in it meanwhile)
+
+
+def missing_dirs(path, flag):
+    """The directories os.makedirs(path) would make, deepest first; ValueError if a file is in the way."""
+    made, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        which = "" if p == os.path.abspath(path) else f"{p} "
+        raise ValueError(f"{flag} {path}: {which}is a file, not a directory")
+    return made
+
+
+THREADS_RULE = "half the CPUs, 1 to 4"
+
+
+def default_threads():
+    """$OMP_NUM_THREADS if set, else half the CPUs this process may run on, at least 1 and at most 4.
+    Small models gain little from more threads, and a thread per core loses much when another
+    process wants a core too: torch's threads then wait for the one that is not running."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # "4" or "4,2" (nested levels)
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, max(1, cpus // 2))
+
+
+def set_threads(n=None):
+    """torch.set_num_threads(n, or default_threads() if n is None) -> the number set."""
+    n = n or default_threads()
+    torch.set_num_threads(n)
+    return n
 
 
 def resolve_device(name):

@@ -130,6 +130,7 @@ def test_bad_data_files(tmp_path, capsys, content, match):
     (["--batch-size", "-3"], "positive integer"),
     (["--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--lr", "fast"], "expected a finite number >= 0"),
+    (["--lr", "1e-3", "--min-lr", "2e-3"], "--min-lr 0.002 is above --lr 0.001"),
 ])
 def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
     out = tmp_path / "out"
@@ -137,9 +138,28 @@ def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
     assert not out.exists() or not os.listdir(out)
 
 
+def test_bad_out_dirs(tmp_path, capsys, corpus_file):
+    afile = write(tmp_path, "afile", b"not a directory")
+    cases = {afile: f"--out-dir {afile}: is a file, not a directory",
+             os.path.join(afile, "sub"): f"--out-dir {afile}/sub: {afile} is a file, not a directory"}
+    if os.path.isdir("/proc/self"):  # Linux: /proc refuses new directories, even to root
+        cases["/proc/mini_dlm_x"] = "--out-dir /proc/mini_dlm_x: cannot create this directory"
+    for out, match in cases.items():
+        fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", out], capsys, match)
+
+
+def test_out_dir_check_leaves_nothing_behind(tmp_path):
+    from mini_dlm.cli import check_out_dir
+    check_out_dir(str(tmp_path / "a" / "b"))
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "kept").mkdir()
+    check_out_dir(str(tmp_path / "kept"))
+    assert os.listdir(tmp_path / "kept") == []
+
+
 def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(tmp_path), "--resume"],
-                  capsys, "checkpoint not found")
+                  capsys, f"--resume {tmp_path / 'ckpt.pt'}: checkpoint not found")
 
 
 @pytest.mark.parametrize("flags, match", [
@@ -152,7 +172,11 @@ def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     (["--gen-len", "8", "--block-len", "8", "--cache", "block"], "needs a block-diffusion checkpoint"),
     (["--gen-len", "8", "--block-len", "8", "--threshold", "0.9", "--factor", "1"], "not both"),
     (["--factor", "0"], "> 0"),
-    (["--threshold", "nan"], "finite"),
+    (["--threshold", "nan"], "--threshold: must be a probability in [0, 1], got nan"),
+    (["--threshold", "1.5"], "--threshold: must be a probability in [0, 1]"),
+    (["--threshold", "-1"], "--threshold: must be a probability in [0, 1]"),
+    (["--gen-len", "auto", "--eot-threshold", "2"], "--eot-threshold: must be a probability in [0, 1]"),
+    (["--gen-len", "auto", "--low-threshold", "-0.1"], "--low-threshold: must be a probability in [0, 1]"),
     (["--cache", "kv"], "invalid choice"),
 ])
 def test_bad_sampling_flags(trained, capsys, flags, match):
@@ -161,15 +185,23 @@ def test_bad_sampling_flags(trained, capsys, flags, match):
 
 def test_bad_checkpoints(trained, tmp_path, capsys):
     good = open(os.path.join(trained, "ckpt.pt"), "rb").read()
+    truncated = write(tmp_path, "truncated.pt", good[: len(good) // 2])
     cases = {
         str(tmp_path / "nope.pt"): "checkpoint not found",
-        write(tmp_path, "truncated.pt", good[: len(good) // 2]): "truncated or not a torch file",
-        write(tmp_path, "text.pt", b"hello, not a checkpoint\n"): "truncated or not a torch file",
+        trained: f"--ckpt {trained}: is a directory, not a checkpoint file",
+        truncated: f"--ckpt {truncated}: not a complete checkpoint (truncated or corrupt)",
+        write(tmp_path, "text.pt", b"hello, not a checkpoint\n"): "not a mini_dlm checkpoint (not a file torch.save wrote)",
+        write(tmp_path, "empty.pt", b""): "empty file",
     }
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    cases[str(tmp_path / "foreign.pt")] = "not a mini_dlm checkpoint"
+    cases[str(tmp_path / "foreign.pt")] = "not a mini_dlm checkpoint (expected format"
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled class: weights_only refuses it
+    cases[str(tmp_path / "module.pt")] = "not a mini_dlm checkpoint (it holds Python objects"
     for path, match in cases.items():
         fails_cleanly(sample.main, ["--ckpt", path, "--device", "cpu"], capsys, match)
+        with pytest.raises(ValueError) as e:
+            load_checkpoint(path)
+        assert "weights_only" not in str(e.value) and len(str(e.value)) < 100 + len(path), str(e.value)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus_file, tmp_path):
@@ -209,6 +241,48 @@ def test_block_diffusion_checkpoint_samples_the_same_with_and_without_cache(trai
         assert "block_len      = 8" in out  # the checkpoint's block size is the default
         texts.append(out[out.index("--- sample 1/2"):out.index("--- forward passes")])
     assert texts[0] == texts[1] and "KING: now" in texts[0]
+
+
+@pytest.fixture(scope="module")
+def trained_ar(corpus_file, tmp_path_factory):
+    """A 2-step AR run."""
+    out = str(tmp_path_factory.mktemp("ar"))
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "2", "--objective", "ar"])
+    return os.path.join(out, "ckpt.pt")
+
+
+def printed_config(out):
+    """sample.py's 'config:' lines -> {key: value as printed}."""
+    lines = out[out.index("config:\n") + 8:].splitlines()
+    rows = [line.split(" = ", 1) for line in lines[:next(i for i, l in enumerate(lines) if not l.startswith("  "))]]
+    return {k.strip(): v for k, v in rows}
+
+
+SCHEDULE_FLAGS = {"steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps"}
+MODE_FLAGS = {  # sample.py's flags that one mode uses and another ignores
+    "diffusion": SCHEDULE_FLAGS,
+    "block diffusion": SCHEDULE_FLAGS,
+    "block diffusion, auto length": {"max_len", "remasking", "threshold", "cache"},
+    "DAEDAL, auto length": {"init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert",
+                            "remasking", "threshold"},
+    "AR": {"show_steps"},
+}
+
+
+def test_sample_prints_the_flags_of_its_mode_only(trained, trained_blocks, trained_ar, capsys):
+    runs = {"diffusion": (os.path.join(trained, "ckpt.pt"), ["--gen-len", "8", "--block-len", "8"]),
+            "block diffusion": (trained_blocks, ["--gen-len", "8"]),
+            "block diffusion, auto length": (trained_blocks, ["--gen-len", "auto", "--max-len", "16"]),
+            "DAEDAL, auto length": (os.path.join(trained, "ckpt.pt"), ["--gen-len", "auto", "--init-len", "8",
+                                                                       "--max-len", "16"]),
+            "AR": (trained_ar, ["--gen-len", "4"])}
+    every_mode = set().union(*MODE_FLAGS.values())
+    for mode, (ckpt, flags) in runs.items():
+        sample.main(["--ckpt", ckpt, "--device", "cpu"] + flags)
+        config = printed_config(capsys.readouterr().out)
+        assert config["mode"] == mode
+        assert {"ckpt", "prompt", "gen_len", "temperature", "num_samples", "seed", "threads", "backend"} <= set(config)
+        assert set(config) & every_mode == MODE_FLAGS[mode], mode
 
 
 def test_block_diffusion_checkpoint_refuses_other_block_lengths(trained_blocks, capsys):
@@ -253,6 +327,34 @@ def test_backends_give_the_same_text(trained, capsys):
         ran = "ext" if backend == "auto" and HAS_EXT else "torch"  # the stats line names what ran
         assert f"tokens/s | ops unmask {ran}\n" in out, out
     assert texts[0] == texts[1]
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_threads_flag_sets_and_prints_the_thread_count(trained, capsys, keep_threads):
+    sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--gen-len", "4", "--block-len", "4",
+                 "--threads", "2"])
+    assert "\n  threads        = 2\n" in capsys.readouterr().out and torch.get_num_threads() == 2
+    fails_cleanly(sample.main, ["--threads", "0"], capsys, "--threads: must be a positive integer")
+
+
+@pytest.mark.parametrize("env, cpus, expected", [
+    ("3", 16, 3), ("5,2", 16, 5),  # OMP_NUM_THREADS wins (its first level when nested)
+    (None, 1, 1), (None, 2, 1), (None, 6, 3), (None, 64, 4), ("many", 6, 3),  # else half the CPUs, 1 to 4
+])
+def test_default_threads(monkeypatch, env, cpus, expected):
+    from mini_dlm.cli import default_threads
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert default_threads() == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
