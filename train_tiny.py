@@ -90,7 +90,7 @@ def lr_at(it, args):
 
 
 def check_flags(args):
-    """What the flag types alone cannot check; fails before anything is read or written."""
+    """What the flag types alone cannot check, before the data is read or anything is kept."""
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it
