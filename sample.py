@@ -160,6 +160,26 @@ def sampler(args, model, prompts, generator, eot_id, P):
                     factor=args.factor, cache=args.cache, generator=generator)
 
 
+def resolve_lengths(args, cfg, tokenizer):
+    """Check --gen-len auto against the checkpoint and fill in what the flags left open
+    (--max-len, --steps, --block-len). -> whether the length is auto."""
+    auto, ar = args.gen_len == "auto", cfg.objective == "ar"
+    blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
+    caches = ("none", "block") if blocks else ("none",)
+    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in caches):
+        raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
+                         "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
+    if auto and args.max_len is None:
+        args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in args.prompt)  # what the context leaves
+    if blocks:
+        if args.max_len < cfg.block_size:
+            raise ValueError(f"--max-len {args.max_len} is shorter than one block ({cfg.block_size} tokens)")
+        args.max_len -= args.max_len % cfg.block_size  # whole blocks
+    args.steps = args.steps or (None if auto else args.gen_len)
+    args.block_len = args.block_len or cfg.block_size or 32
+    return auto
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     args.threads = set_threads(args.threads)
@@ -170,32 +190,17 @@ def main(argv=None):
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device, "--ckpt")
     cfg = model.config
-    ar = cfg.objective == "ar"
-    texts = args.prompt or ["ROMEO:"]
-    args.prompt = texts
-    auto = args.gen_len == "auto"
-    blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
-    caches = ("none", "block") if blocks else ("none",)
-    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in caches):
-        raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
-                         "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
-    if auto and args.max_len is None:
-        args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in texts)  # what the context leaves
-    if blocks:
-        if args.max_len < cfg.block_size:
-            raise ValueError(f"--max-len {args.max_len} is shorter than one block ({cfg.block_size} tokens)")
-        args.max_len -= args.max_len % cfg.block_size  # whole blocks
-    args.steps = args.steps or (None if auto else args.gen_len)
-    args.block_len = args.block_len or cfg.block_size or 32
-    prompts = [tokenizer.encode(t) for t in texts for _ in range(args.num_samples)]
+    args.prompt = args.prompt or ["ROMEO:"]
+    auto = resolve_lengths(args, cfg, tokenizer)
+    blocks = auto and bool(cfg.block_size)
+    prompts = [tokenizer.encode(t) for t in args.prompt for _ in range(args.num_samples)]
     mode = sampling_mode(cfg, auto)
     print_config("config", {"mode": mode, **flags_used(args, mode), "device": str(device),
                             "objective": cfg.objective, "block_size": cfg.block_size, "trained_steps": ckpt["step"],
                             **ops_used, "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
 
-    M, P = cfg.mask_id, max(len(p) for p in prompts)
+    P = max(len(p) for p in prompts)  # prompt columns, left-padded
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
     generator = torch.Generator(device).manual_seed(args.seed)
     reset_backends_ran()
     t0 = time.time()
@@ -206,24 +211,27 @@ def main(argv=None):
             stats["lengths"] = torch.full((len(prompts),), x.shape[1] - P)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    dt = time.time() - t0
+    report(args, tokenizer, x, stats, P, time.time() - t0, blocks)
+
+
+def report(args, tokenizer, x, stats, P, dt, blocks):
+    """Print each sample (cut at its end-of-text with --gen-len auto) and the run's statistics."""
+    auto, B = args.gen_len == "auto", x.shape[0]
     ran = " | ops " + ", ".join(f"{op} {b}" for op, b in backends_ran().items())  # what really ran
-    useful = useful_lengths(x[:, P:], tokenizer.eot_id) if auto else torch.full((len(prompts),), args.gen_len)
-    for r in range(len(prompts)):
-        print(f"--- sample {r + 1}/{len(prompts)} ---")
-        print(render(tokenizer, x[r, int(stats["pad"][r]):P + int(useful[r])].tolist(), M))  # auto: cut at end-of-text
+    useful = useful_lengths(x[:, P:], tokenizer.eot_id) if auto else torch.full((B,), args.gen_len)
+    for r in range(B):
+        print(f"--- sample {r + 1}/{B} ---")
+        print(render(tokenizer, x[r, int(stats["pad"][r]):P + int(useful[r])].tolist(), tokenizer.mask_id))
+    n_tok = int(useful.sum())
     if auto:
-        n_tok = int(useful.sum())
         how = "grown block by block until every row ended" if blocks else \
             f"{stats['length_passes']} passes to size them, {stats['insertions']} insertions"
         print(f"--- canvas lengths {stats['lengths'].tolist()} ({how}) | kept before end-of-text {useful.tolist()}")
         print(f"--- forward passes {stats['forward_passes']} | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s"
               + ran)
-        return
-    n_tok = len(prompts) * args.gen_len
-    print(f"--- forward passes {stats['forward_passes']} | {args.gen_len / stats['forward_passes']:.2f} tokens/forward "
-          f"per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s" + ran)
-
+    else:
+        print(f"--- forward passes {stats['forward_passes']} | {args.gen_len / stats['forward_passes']:.2f} "
+              f"tokens/forward per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s" + ran)
 
 if __name__ == "__main__":
     run(main)
