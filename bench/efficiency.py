@@ -45,7 +45,7 @@ import torch
 
 from mini_dlm import backend
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, finite_float, positive_float, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, positive_float, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import finish, generate, generate_ar
 from mini_dlm.tokenizer import useful_lengths
@@ -81,7 +81,7 @@ def get_parser():
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
     p.add_argument("--ops", default="ext,torch", help="comma-separated: ext (compiled) and/or torch (reference)")
     p.add_argument("--block-len", type=positive_int, default=32, help="block length of the full-attention runs")
-    p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau")
+    p.add_argument("--threshold", type=probability, default=0.9, help="Fast-dLLM's tau")
     p.add_argument("--quick", action="store_true", help=f"small grid: batch {QUICK['batch_sizes']}, gen-len "
                    f"{QUICK['gen_lens']}, prompt {QUICK['prompt_len']}, 1 repeat (flags you give win)")
     # measurement

@@ -26,7 +26,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, finite_float, non_negative_float, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, non_negative_float, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
 from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.sampler import finish, generate
@@ -43,15 +43,15 @@ def get_parser():
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation documents give the prompts")
     p.add_argument("--num-prompts", type=positive_int, default=50, help="prompts (one batch)")
     p.add_argument("--fixed-lens", default="16,32,64,96", help="comma-separated fixed generation lengths")
-    p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau, for every configuration")
+    p.add_argument("--threshold", type=probability, default=0.9, help="Fast-dLLM's tau, for every configuration")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--seed", type=int, default=1337, help="the Gumbel noise (the same seed for every configuration)")
     p.add_argument("--init-len", type=positive_int, default=16, help="auto: first canvas length")
     p.add_argument("--max-len", type=positive_int, default=96, help="auto: longest canvas")
     p.add_argument("--grow", type=positive_int, default=16, help="auto: masks appended per growth")
     p.add_argument("--tail", type=positive_int, default=8, help="auto: positions averaged for end-of-text")
-    p.add_argument("--eot-threshold", type=non_negative_float, default=0.5, help="auto: grow below this")
-    p.add_argument("--low-threshold", type=non_negative_float, help="auto: insert masks below this (default: off)")
+    p.add_argument("--eot-threshold", type=probability, default=0.5, help="auto: grow below this")
+    p.add_argument("--low-threshold", type=probability, help="auto: insert masks below this (default: off)")
     p.add_argument("--insert", type=positive_int, default=4, help="auto: masks per insertion")
     p.add_device_flag()
     return p

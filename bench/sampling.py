@@ -29,7 +29,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, autocast, finite_float, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, autocast, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.sampler import finish, generate
 
 from quality import distinct3, generative_nll, load_judge
@@ -45,7 +45,7 @@ def get_parser():
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint that scores the generations (same data and tokenizer)")
     p.add_argument("--gen-len", type=positive_int, default=256, help="tokens generated per prompt")
     p.add_argument("--block-len", type=positive_int, default=32, help="block length for the full-attention model")
-    p.add_argument("--threshold", type=finite_float, default=0.9, help="Fast-dLLM's tau")
+    p.add_argument("--threshold", type=probability, default=0.9, help="Fast-dLLM's tau")
     p.add_argument("--prompt", action="append", help=f"repeatable (default: {len(PROMPTS)} speaker prompts)")
     p.add_device_flag()
     return p
