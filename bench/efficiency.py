@@ -146,7 +146,8 @@ def decode_fn(config, models, prompts, G, args):
         return models["ar"], lambda: finish(generate_ar(models["ar"], prompts, gen_len=G))
     if config == "threshold+block":
         m = models["block"]
-        return m, lambda: finish(generate(m, prompts, gen_len=G, steps=G, block_len=m.config.block_size, threshold=tau, cache="block"))
+        return m, lambda: finish(generate(m, prompts, gen_len=G, block_len=m.config.block_size, threshold=tau,
+                                          cache="block"))
     kw = {"dlm": {}, "threshold": dict(threshold=tau), "threshold+dual": dict(threshold=tau, cache="dual")}[config]
     return models["dlm"], lambda: finish(generate(models["dlm"], prompts, gen_len=G, steps=G, block_len=b, **kw))
 
@@ -154,7 +155,8 @@ def decode_fn(config, models, prompts, G, args):
 def validate(models, prompts, args):
     """The exact caches must reproduce their no-cache runs before anything is timed."""
     P, G = prompts[:2], args.gen_lens[0]
-    same = torch.equal(finish(generate_ar(models["ar"], P, gen_len=G))[0], finish(generate_ar(models["ar"], P, gen_len=G, kv_cache=False))[0])
+    same = torch.equal(finish(generate_ar(models["ar"], P, gen_len=G))[0],
+                       finish(generate_ar(models["ar"], P, gen_len=G, kv_cache=False))[0])
     print(f"check: AR KV cache == no cache, token for token: {'yes' if same else 'NO'}")
     if "block" in models:
         m, bb, tau = models["block"], models["block"].config.block_size, args.threshold

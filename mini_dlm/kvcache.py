@@ -69,7 +69,8 @@ class KVCache:
         """Layer i's keys/values k, v (B, H, T, D) of the current forward: stored as the state
         says. The last layer ends the forward."""
         if self.state == "record":
-            self.k[i], self.v[i] = compact(k, self.pad, self.end, self.capacity), compact(v, self.pad, self.end, self.capacity)
+            self.k[i] = compact(k, self.pad, self.end, self.capacity)
+            self.v[i] = compact(v, self.pad, self.end, self.capacity)
             if self.suffix_from is not None:
                 self.k_suffix[i], self.v_suffix[i] = k[:, :, self.suffix_from:], v[:, :, self.suffix_from:]
         elif self.state == "append":  # into each row's next T slots

@@ -64,7 +64,7 @@ def test_forward_cost_counts_cached_keys():
 def test_count_forwards_logs_every_pass_of_a_generation():
     model = tiny_model("mdm", seq_len=48)
     with count_forwards(model) as log:
-        _, stats = finish(generate(model, [[1, 2, 3], [4, 5]], gen_len=16, steps=16, block_len=8, threshold=0.5, cache="dual"))
+        _, stats = finish(generate(model, [[1, 2, 3], [4, 5]], gen_len=16, block_len=8, threshold=0.5, cache="dual"))
     assert len(log.flops) == stats["forward_passes"]
     B, L, b = 2, 3 + 16, 8
     full, cached = 2, stats["forward_passes"] - 2  # one full pass per block, the rest over the block

@@ -47,7 +47,7 @@ def test_threshold_and_factor_match_fastdllm(threshold, factor, gen_len, block_l
     prompt = torch.randint(0, 63, (2, 5), generator=torch.Generator().manual_seed(block_len))
     with torch.no_grad():
         expected, nfe = fastdllm_oracle(model, prompt, gen_len, block_len, model.config.mask_id, threshold, factor)
-    x, stats = finish(generate(model, prompt, gen_len=gen_len, steps=gen_len, block_len=block_len, threshold=threshold, factor=factor))
+    x, stats = finish(generate(model, prompt, gen_len=gen_len, block_len=block_len, threshold=threshold, factor=factor))
     assert torch.equal(x, expected)
     assert stats["forward_passes"] == nfe
 
@@ -107,7 +107,7 @@ def test_prefix_and_dual_caches_reproduce_the_full_forward_on_the_same_canvas():
 @pytest.mark.parametrize("prompts", [[[5, 6, 7, 8, 9, 10, 11]], [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [14]], [[]]])
 def test_block_cache_equals_no_cache(threshold, prompts):
     model = tiny_model(seq_len=64, seed=4, block_size=8).double()
-    runs = [finish(generate(model, prompts, gen_len=24, steps=24, block_len=8, threshold=threshold, cache=c)) for c in ("none", "block")]
+    runs = [finish(generate(model, prompts, gen_len=24, block_len=8, threshold=threshold, cache=c)) for c in ("none", "block")]
     assert torch.equal(runs[0][0], runs[1][0])
     assert not (runs[1][0][:, -24:] == model.config.mask_id).any()
 

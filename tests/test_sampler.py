@@ -91,7 +91,8 @@ def test_invariants(remasking, temperature):
 
 def test_temperature_sampling_is_seeded():
     model = tiny_model(seed=2)
-    run = lambda seed: finish(generate(model, [1, 2, 3], gen_len=16, steps=16, block_len=8, temperature=1.0, generator=torch.Generator().manual_seed(seed)))[0]
+    run = lambda seed: finish(generate(model, [1, 2, 3], gen_len=16, steps=16, block_len=8, temperature=1.0,
+                                       generator=torch.Generator().manual_seed(seed)))[0]
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
 

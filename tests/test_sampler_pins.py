@@ -33,24 +33,34 @@ def g():
 
 def runs():
     full, blk, ar = spread(tiny_model()), spread(tiny_model(block_size=8, seed=1)), spread(tiny_model("ar", seed=2))
-    runs = {}
-    for r in ("low_confidence", "margin", "entropy", "random"):
-        runs[f"schedule {r}"] = lambda r=r: finish(generate(full, PROMPTS, gen_len=16, steps=16, block_len=8, remasking=r, generator=g()))
-    runs["schedule 2 per step"] = lambda: finish(generate(full, PROMPTS, gen_len=16, steps=8, block_len=8))
+
+    def diffusion(model, prompts=PROMPTS, gen_len=16, steps=16, **kw):
+        return lambda: finish(generate(model, prompts, gen_len=gen_len, steps=steps, block_len=8, **kw))
+
+    def daedal(**kw):
+        return lambda: finish(generate_dynamic(full, PROMPTS, **kw))
+
+    runs = {f"schedule {r}": diffusion(full, remasking=r, generator=g())
+            for r in ("low_confidence", "margin", "entropy", "random")}
+    runs["schedule 2 per step"] = diffusion(full, steps=8)
     for c in ("none", "prefix", "dual"):
-        runs[f"threshold 0.15 {c}"] = lambda c=c: finish(generate(full, PROMPTS, gen_len=16, steps=16, block_len=8, threshold=0.15, cache=c))
-        runs[f"factor 4.0 {c}"] = lambda c=c: finish(generate(full, PROMPTS, gen_len=16, steps=16, block_len=8, factor=4.0, cache=c))
-    runs["threshold steps cap"] = lambda: finish(generate(full, PROMPTS, gen_len=16, steps=4, block_len=8, threshold=0.9))
-    runs["temperature 0.7 margin threshold dual"] = lambda: finish(generate(full, PROMPTS, gen_len=16, steps=16, block_len=8, temperature=0.7, remasking="margin", threshold=0.5, cache="dual", generator=g()))
+        runs[f"threshold 0.15 {c}"] = diffusion(full, threshold=0.15, cache=c)
+        runs[f"factor 4.0 {c}"] = diffusion(full, factor=4.0, cache=c)
+    runs["threshold steps cap"] = diffusion(full, steps=4, threshold=0.9)
+    runs["temperature 0.7 margin threshold dual"] = diffusion(full, temperature=0.7, remasking="margin", threshold=0.5,
+                                                              cache="dual", generator=g())
     for c in ("none", "block"):
-        runs[f"block model schedule {c}"] = lambda c=c: finish(generate(blk, PROMPTS, gen_len=16, steps=16, block_len=8, cache=c))
-        runs[f"block model threshold 0.15 {c}"] = lambda c=c: finish(generate(blk, PROMPTS, gen_len=16, steps=16, block_len=8, threshold=0.15, cache=c))
-    runs["block model empty prompt block cache"] = lambda: finish(generate(blk, [[]], gen_len=24, steps=24, block_len=8, threshold=0.4, cache="block"))
-    runs["block model stop_at"] = lambda: finish(stop_at(generate(blk, PROMPTS, gen_len=40, steps=40, block_len=8, threshold=0.2, cache="block"), 54, 3))  # 54: a token both rows produce
+        runs[f"block model schedule {c}"] = diffusion(blk, cache=c)
+        runs[f"block model threshold 0.15 {c}"] = diffusion(blk, threshold=0.15, cache=c)
+    runs["block model empty prompt block cache"] = diffusion(blk, [[]], 24, 24, threshold=0.4, cache="block")
+    runs["block model stop_at"] = lambda: finish(stop_at(  # 54: a token both rows write
+        generate(blk, PROMPTS, gen_len=40, steps=40, block_len=8, threshold=0.2, cache="block"), 54, 3))
     runs["ar greedy"] = lambda: finish(generate_ar(ar, PROMPTS, gen_len=12))
     runs["ar temperature 0.8"] = lambda: finish(generate_ar(ar, PROMPTS, gen_len=12, temperature=0.8, generator=g()))
-    runs["daedal"] = lambda: finish(generate_dynamic(full, PROMPTS, length=Daedal(init_len=8, max_len=24, grow=8, tail=4, eot_threshold=0.05, low_threshold=0.5, insert=3), threshold=0.6, eot_id=10))
-    runs["daedal one per pass random"] = lambda: finish(generate_dynamic(full, PROMPTS, length=Daedal(init_len=8, max_len=16, grow=4, tail=4, eot_threshold=0.5), threshold=None, remasking="random", generator=g(), eot_id=11))
+    runs["daedal"] = daedal(length=Daedal(init_len=8, max_len=24, grow=8, tail=4, eot_threshold=0.05, low_threshold=0.5,
+                                          insert=3), threshold=0.6, eot_id=10)
+    runs["daedal one per pass random"] = daedal(length=Daedal(init_len=8, max_len=16, grow=4, tail=4),
+                                                threshold=None, remasking="random", generator=g(), eot_id=11)
     return runs
 
 
