@@ -6,7 +6,7 @@ line ending in a backslash continues on the next, a heredoc (<<'EOF' ... EOF) st
 `# ...` comments are dropped, and `NAME=value` lines set variables for the rest of the page
 ($NAME is expanded before the substitutions below). A python block is one command, run as
 `python -`. A block right after the line <!-- check_docs: skip --> is not run (for text
-that only illustrates).
+that only illustrates); one after <!-- check_docs: slow --> is left out by quick.
 
 Substitutions, so that the whole check takes minutes on a 2-core CPU; what later commands
 depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths) is kept:
@@ -23,15 +23,16 @@ Skipped, with the reason printed:
   pip ...                      setup: CI's setup stage runs it (the scratch copy has the build)
   python -m pytest -q tests    the whole suite: CI's test stage runs it (single files do run)
   scripts/gpu_check.sh, --device cuda    without a GPU
-  with quick (check_docs.py --quick, the CI stage): torch.compile runs (--compile), single test
-  files (CI's test stage runs them all), and a page's later runs of a benchmark it already ran.
+  with quick (check_docs.py --quick, the CI stage): blocks marked slow, torch.compile runs
+  (--compile), single test files (CI's test stage runs them all), and a page's later runs of a
+  benchmark it already ran.
 """
 
 import re
 import shlex
 from dataclasses import dataclass, field
 
-SKIP_MARK = "<!-- check_docs: skip -->"
+MARK = re.compile(r"<!-- check_docs: (skip|slow) -->")
 SHELL_FENCES = ("bash", "sh", "shell")
 CAPS = {  # script: {flag: (cap, the script's default)}
     "train_tiny.py": {"--max-iters": (10, 5000), "--batch-size": (4, 32), "--n-layer": (2, 6), "--n-head": (2, 6),
@@ -51,18 +52,18 @@ class Command:
     text: str  # shell text, or Python source when python is True
     python: bool = False
     variables: dict = field(default_factory=dict)  # the page's NAME=value lines before it
-    skip: str = ""  # why it is not run ("" = it runs)
+    mark: str = ""  # "skip" or "slow": its block was marked so
 
 
 def fenced_blocks(markdown):
-    """[(info string, first line number of the body, body lines, marked skip)] of a page."""
+    """[(info string, first line number of the body, body lines, mark)] of a page."""
     blocks, lines, i = [], markdown.split("\n"), 0
     while i < len(lines):
         if lines[i].startswith("```"):
             info, start = lines[i][3:].strip(), i + 1
             end = next((j for j in range(start, len(lines)) if lines[j].startswith("```")), len(lines))
-            marked = i > 0 and lines[i - 1].strip() == SKIP_MARK
-            blocks.append((info, start + 1, lines[start:end], marked))
+            mark = MARK.fullmatch(lines[i - 1].strip()) if i > 0 else None
+            blocks.append((info, start + 1, lines[start:end], mark.group(1) if mark else ""))
             i = end
         i += 1
     return blocks
@@ -100,10 +101,10 @@ def is_assignment(text):
 def page_commands(page, markdown):
     """The commands of one page, in order, each with the variables set before it."""
     out, variables = [], {}
-    for info, first, body, marked in fenced_blocks(markdown):
+    for info, first, body, mark in fenced_blocks(markdown):
         lang = info.split()[0] if info else ""
         if lang == "python":
-            out.append(Command(page, first, "\n".join(body), True, dict(variables), "marked skip" if marked else ""))
+            out.append(Command(page, first, "\n".join(body), True, dict(variables), mark))
         elif lang in SHELL_FENCES:
             for line, text in shell_commands(body, first):
                 if is_assignment(text):
@@ -111,7 +112,7 @@ def page_commands(page, markdown):
                         name, value = word.split("=", 1)
                         variables[name] = expand(value, variables)
                 else:
-                    out.append(Command(page, line, text, False, dict(variables), "marked skip" if marked else ""))
+                    out.append(Command(page, line, text, False, dict(variables), mark))
     return out
 
 
@@ -198,8 +199,8 @@ def plan(words, gpu, quick):
 def resolve(cmd, gpu, quick, benched):
     """(shell text to run, "") or (None, why not) for a Command. benched: the (page, benchmark)
     pairs already run, which --quick runs once per page (this adds to it)."""
-    if cmd.skip:
-        return None, cmd.skip
+    if cmd.mark == "skip" or (quick and cmd.mark == "slow"):
+        return None, ("--quick: " if quick and cmd.mark == "slow" else "") + f"marked {cmd.mark}"
     if cmd.python:
         return cmd.text, ""
     text = expand(cmd.text, cmd.variables)

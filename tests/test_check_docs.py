@@ -40,6 +40,11 @@ print("snippet")
 ```bash
 python illustration.py
 ```
+
+<!-- check_docs: slow -->
+```bash
+python slow.py
+```
 '''
 
 
@@ -49,8 +54,8 @@ def commands():
 
 
 def test_extracts_commands_in_order_with_their_lines(commands):
-    assert [(c.line, c.python, c.skip) for c in commands] == [
-        (6, False, ""), (8, False, ""), (10, False, ""), (20, True, ""), (25, False, "marked skip")]
+    assert [(c.line, c.python, c.mark) for c in commands] == [
+        (6, False, ""), (8, False, ""), (10, False, ""), (20, True, ""), (25, False, "skip"), (30, False, "slow")]
     assert commands[1].text == "python sample.py --ckpt out-a/ckpt.pt --gen-len 32 --block-len 16"
     assert commands[2].text == "python - <<'EOF'\nprint(\"# not a comment\")\nEOF"  # a heredoc stays whole
     assert commands[3].text == 'print("snippet")'
@@ -110,6 +115,12 @@ def test_torchrun_and_benchmark_substitutions():
     assert plan("python bench/efficiency.py --replot a.json")[0] == ["python", "bench/efficiency.py", "--replot", "a.json"]
     assert value(plan("python bench/sampling.py --gen-len 32")[0], "--gen-len") == "32"
     assert value(plan("python bench/sampling.py")[0], "--gen-len") == "64"
+
+
+def test_marked_blocks(commands):
+    assert doc_commands.resolve(commands[4], False, False, set()) == (None, "marked skip")
+    assert doc_commands.resolve(commands[5], False, False, set()) == ("python slow.py", "")
+    assert doc_commands.resolve(commands[5], False, True, set()) == (None, "--quick: marked slow")
 
 
 def test_quick_runs_a_benchmark_once_per_page():
