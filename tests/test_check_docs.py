@@ -1,0 +1,144 @@
+"""scripts/doc_commands.py and check_docs.py on a small synthetic page: what they extract,
+substitute and skip.
+Nothing is run.  python -m pytest -q tests/test_check_docs.py"""
+
+import os
+import shlex
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import check_docs  # noqa: E402
+import doc_commands  # noqa: E402
+
+PAGE = '''# A page
+
+```bash
+FLAGS="--device cpu --seq-len 64 \\
+  --max-iters 600"
+python train_tiny.py $FLAGS --out-dir out-a   # a comment, dropped
+# a comment line
+python sample.py --ckpt out-a/ckpt.pt --gen-len 32 \\
+    --block-len 16
+python - <<'EOF'
+print("# not a comment")
+EOF
+```
+
+```
+python not_a_bash_block.py
+```
+
+```python
+print("snippet")
+```
+
+<!-- check_docs: skip -->
+```bash
+python illustration.py
+```
+
+<!-- check_docs: slow -->
+```bash
+python slow.py
+```
+'''
+
+
+@pytest.fixture
+def commands():
+    return doc_commands.page_commands("page.md", PAGE)
+
+
+def test_extracts_commands_in_order_with_their_lines(commands):
+    assert [(c.line, c.python, c.mark) for c in commands] == [
+        (6, False, ""), (8, False, ""), (10, False, ""), (20, True, ""), (25, False, "skip"), (30, False, "slow")]
+    assert commands[1].text == "python sample.py --ckpt out-a/ckpt.pt --gen-len 32 --block-len 16"
+    assert commands[2].text == "python - <<'EOF'\nprint(\"# not a comment\")\nEOF"  # a heredoc stays whole
+    assert commands[3].text == 'print("snippet")'
+
+
+def test_variables_expand_and_flags_shrink(commands):
+    assert commands[0].variables == {"FLAGS": "--device cpu --seq-len 64 --max-iters 600"}
+    text, why = doc_commands.resolve(commands[0], gpu=False, quick=False, benched=set())
+    words = shlex.split(text)
+    assert why == "" and "#" not in text
+    assert words[:8] == ["python", "train_tiny.py", "--device", "cpu", "--seq-len", "64", "--max-iters", "10"]
+    assert words[words.index("--out-dir") + 1] == "out-a"
+    for flag, value in (("--batch-size", "4"), ("--n-layer", "2"), ("--n-embd", "64"), ("--eval-windows", "4")):
+        assert words[words.index(flag) + 1] == value  # added: the defaults are larger
+
+
+def plan(command, gpu=False, quick=False):
+    """(words to run or None, why skipped) for one command line."""
+    return doc_commands.plan(doc_commands.split_words(command), gpu, quick)
+
+
+def value(words, flag, nth=0):
+    return [words[i + 1] for i, w in enumerate(words) if w == flag][nth]
+
+
+def test_caps_keep_small_values_and_every_occurrence():
+    words, _ = plan("python train_tiny.py --max-iters 5 --batch-size 4 --max-iters=3000")
+    assert value(words, "--max-iters") == "5" and value(words, "--max-iters", 1) == "10"
+    assert value(words, "--batch-size") == "4" and words.count("--batch-size") == 1
+
+
+@pytest.mark.parametrize("command,gpu,quick,skipped", [
+    ("pip install -e .", False, False, "setup"),
+    ("python -m pytest -q tests", False, False, "whole suite"),
+    ("python -m pytest -q tests/test_ops.py", False, False, ""),
+    ("python -m pytest -q tests/test_ops.py", False, True, "--quick"),
+    ("scripts/gpu_check.sh gpu-out", False, False, "GPU"),
+    ("scripts/gpu_check.sh gpu-out", True, False, ""),
+    ("python bench/kernels.py --device cuda", False, False, "GPU"),
+    ("python bench/efficiency.py --compile", False, True, "--quick"),
+    ("python sample.py --ckpt out/ckpt.pt", False, True, ""),
+])
+def test_skip_rules(command, gpu, quick, skipped):
+    words, why = plan(command, gpu, quick)
+    assert (skipped in why and words is None) if skipped else (why == "" and words is not None)
+
+
+def test_torchrun_and_benchmark_substitutions():
+    words, _ = plan("OMP_NUM_THREADS=1 torchrun --nproc_per_node 8 train_tiny.py")
+    assert words[:4] == ["OMP_NUM_THREADS=1", "torchrun", "--nproc_per_node", "2"] and "--max-iters" in words
+    words, _ = plan("python bench/efficiency.py --batch-sizes 1,8,64 --gen-lens 256,128")
+    assert value(words, "--batch-sizes") == "1" and value(words, "--repeats") == "1"
+    assert value(words, "--gen-lens") == "128"  # the shortest: it fits the context if any does
+    words, _ = plan("python bench/efficiency.py --compile")
+    assert value(words, "--gen-lens") == "128" and value(words, "--configs") == "ar"
+    assert "--gen-lens" not in plan("python bench/efficiency.py --quick")[0]  # --quick's own
+    assert plan("python bench/efficiency.py --replot a.json")[0] == ["python", "bench/efficiency.py", "--replot", "a.json"]
+    assert value(plan("python bench/sampling.py --gen-len 32")[0], "--gen-len") == "32"
+    assert value(plan("python bench/sampling.py")[0], "--gen-len") == "64"
+
+
+def test_marked_blocks(commands):
+    assert doc_commands.resolve(commands[4], False, False, set()) == (None, "marked skip")
+    assert doc_commands.resolve(commands[5], False, False, set()) == ("python slow.py", "")
+    assert doc_commands.resolve(commands[5], False, True, set()) == (None, "--quick: marked slow")
+
+
+def test_quick_runs_a_benchmark_once_per_page():
+    runs = [doc_commands.Command(page, 1, f"python bench/length.py --temperature {t}") for page, t in
+            (("a.md", 0), ("a.md", 1), ("b.md", 1))]
+    for quick, expect in ((False, [True, True, True]), (True, [True, False, True])):
+        benched = set()
+        assert [doc_commands.resolve(c, False, quick, benched)[0] is not None for c in runs] == expect
+
+
+def test_checkpoint_producers(commands):
+    assert doc_commands.trained_dir(commands[0]) == "out-a"
+    assert doc_commands.trained_dir(commands[1]) is None
+    assert doc_commands.checkpoints_read(commands[1]) == {"out-a"}
+    default = doc_commands.Command("p.md", 1, "python train_tiny.py --device cpu")
+    assert doc_commands.trained_dir(default) == "out"
+    other = doc_commands.Command("q.md", 1, "python train_tiny.py --out-dir out-a")
+    checker = check_docs.Checker([other, *commands], "/nonexistent", False, False, 1)
+    assert checker.producer("out-a", "page.md") is commands[0]  # the same page's first
+    assert checker.producer("out-a", "r.md") is other
+    assert checker.producer("out-z", "page.md") is None
