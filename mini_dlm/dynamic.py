@@ -123,8 +123,8 @@ def least_confident(logits, eligible, M):
 
 def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, threshold, temperature, remasking, generator):
     """Stage 2: commit by threshold (or one per pass) over each unfinished row's region, turning
-    a lost position into d.insert masks; yields a Step after every pass."""
-    M, B, insertions = model.config.mask_id, x.shape[0], 0
+    a lost position into d.insert masks; yields a Step after every pass. passes: stage 1's."""
+    M, B, insertions, length_passes = model.config.mask_id, x.shape[0], 0, passes
     rows = torch.arange(B, device=x.device)  # the unfinished rows; the first pass reuses stage 1's logits
     while len(rows):
         G = int(g[rows].max())
@@ -140,7 +140,8 @@ def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, thresho
         x[rows, P:P + G] = region
         committed = torch.zeros_like(x, dtype=torch.bool)
         committed[rows, P:P + G] = before & ~eligible
-        yield Step(x, committed, 0, passes, pad, info={"insertions": insertions, "lengths": g})
+        yield Step(x, committed, 0, passes, pad,
+                   info={"length_passes": length_passes, "insertions": insertions, "lengths": g})
         if d.low_threshold is not None and lost.any():
             x, g, n = insert_masks(x, P, g, rows[lost], j_min[lost], d.insert, M, eot)
             insertions += n
@@ -162,10 +163,8 @@ def generate_dynamic(model, prompts, *, length=Daedal(), threshold=0.9, temperat
     x, pad = make_canvas(prompts, length.max_len, model)  # checks that prompt + max_len fits the context
     P, eot = x.shape[1] - length.max_len, model.config.mask_id - 1 if eot_id is None else eot_id
     x, g, logits, passes = grow_canvas(model, x, pad, P, length, eot)
-    for step in denoise_with_insertions(model, x, pad, P, g, logits, passes, length, eot, threshold, temperature,
-                                        remasking, generator):
-        step.info["length_passes"] = passes
-        yield step
+    yield from denoise_with_insertions(model, x, pad, P, g, logits, passes, length, eot, threshold, temperature,
+                                       remasking, generator)
 
 
 def check_dynamic(model, threshold, remasking):
