@@ -51,8 +51,9 @@ def get_parser():
     p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint from train_tiny.py")
     p.add_argument("--prompt", action="append", help="text the generation continues; repeat for a batch of "
                    "prompts (default: 'ROMEO:')")
-    p.add_argument("--gen-len", type=gen_len, default=128, help="tokens to generate (G), or 'auto': DAEDAL's "
-                   "variable length (full-attention checkpoints trained with --docs; the flags below)")
+    p.add_argument("--gen-len", type=gen_len, help="tokens to generate (G), or 'auto': DAEDAL's variable length "
+                   "(full-attention checkpoints trained with --docs; the flags below) (default: what the model's context "
+                   "leaves after the prompt, at most 128, in whole blocks)")
     p.add_argument("--steps", type=positive_int, help="denoising steps S, a multiple of G / block-len; with "
                    "--threshold or --factor only a cap (default: G, one token per step)")
     p.add_argument("--block-len", type=positive_int, help="semi-autoregressive block length b, G %% b == 0 "
@@ -162,21 +163,26 @@ def sampler(args, model, prompts, generator, eot_id, P):
 
 def resolve_lengths(args, cfg, tokenizer):
     """Check --gen-len auto against the checkpoint and fill in what the flags left open
-    (--max-len, --steps, --block-len). -> whether the length is auto."""
+    (--gen-len, --max-len, --steps, --block-len). -> whether the length is auto."""
     auto, ar = args.gen_len == "auto", cfg.objective == "ar"
+    room = cfg.seq_len - max(len(tokenizer.encode(t)) for t in args.prompt)  # what the context leaves
     blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
     caches = ("none", "block") if blocks else ("none",)
     if auto and (ar or args.show_steps or args.factor is not None or args.cache not in caches):
         raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
                          "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
     if auto and args.max_len is None:
-        args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in args.prompt)  # what the context leaves
+        args.max_len = room
     if blocks:
         if args.max_len < cfg.block_size:
             raise ValueError(f"--max-len {args.max_len} is shorter than one block ({cfg.block_size} tokens)")
         args.max_len -= args.max_len % cfg.block_size  # whole blocks
+    args.block_len = args.block_len or cfg.block_size or (32 if room >= 64 else 16)
+    if args.gen_len is None:
+        args.gen_len = min(128, room) if ar else min(128, room - room % args.block_len)
+        if args.gen_len <= 0:
+            raise ValueError(f"the prompt leaves no room in the model's context of {cfg.seq_len} tokens")
     args.steps = args.steps or (None if auto else args.gen_len)
-    args.block_len = args.block_len or cfg.block_size or 32
     return auto
 
 
