@@ -9,10 +9,16 @@ Quality figures for generated text (notes/04, notes/06).
                        itself, near 0 for a loop.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from mini_dlm.checkpoint import load_checkpoint
+from mini_dlm.cli import autocast
+from mini_dlm.sampler import finish, generate
+
+from roofline import timed_call
 
 
 def load_judge(path, tokenizer, device):
@@ -49,3 +55,20 @@ def distinct3(ids):
     """Distinct token trigrams / all trigrams of one row of ids."""
     grams = list(zip(ids, ids[1:], ids[2:]))
     return len(set(grams)) / max(1, len(grams))
+
+
+def decode_each(model, prompts, device, **kw):
+    """Generate for each prompt alone (batch 1) with generate(model, p, **kw) -> (outs, seconds,
+    passes): the generated ids of each row, and the summed seconds and forward passes."""
+    outs, seconds, passes = [], 0.0, 0
+    with autocast(device):
+        for p in prompts:
+            (x, stats), dt = timed_call(lambda: finish(generate(model, p, **kw)), device)
+            outs.append(x[0, len(p):].tolist())
+            seconds, passes = seconds + dt, passes + stats["forward_passes"]
+    return outs, seconds, passes
+
+
+def quality(ar, prompts, outs):
+    """(generative perplexity, mean distinct3) of outs given prompts under the AR judge ar."""
+    return math.exp(generative_nll(ar, prompts, outs)), sum(distinct3(o) for o in outs) / len(outs)

@@ -32,8 +32,8 @@ from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.sampler import finish, generate
 
-from quality import distinct3, generative_nll, load_judge
-from roofline import device_name, timed_call
+from quality import decode_each, distinct3, generative_nll, load_judge
+from roofline import device_name
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
 
@@ -83,15 +83,7 @@ def main(argv=None):
     with amp:  # warm-up: first calls pay for thread pools, allocators, kernel selection
         finish(generate(full, prompts[0], gen_len=b, steps=b, block_len=b))
 
-    results = {}
-    for label, model, kw, _ in runs:
-        outs, seconds, passes = [], 0.0, 0
-        for p in prompts:
-            with amp:
-                (x, stats), dt = timed_call(lambda: finish(generate(model, p, gen_len=G, **kw)), device)
-            outs.append(x[0, len(p):].tolist())
-            seconds, passes = seconds + dt, passes + stats["forward_passes"]
-        results[label] = (outs, seconds, passes)
+    results = {label: decode_each(model, prompts, device, gen_len=G, **kw) for label, model, kw, _ in runs}
 
     # validation: the exact cache must reproduce its no-cache run token for token
     if block is not None:
