@@ -49,6 +49,16 @@ def tiny_model(objective="mdm", vocab_size=64, seq_len=48, seed=0, **kw):
     return Transformer(cfg).eval()
 
 
+def spread(model, scale=12.0):
+    """A random net far from uniform (weights x scale), so outputs depend on the context and
+    confidences are rarely close: a pin that tells configurations apart."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return model
+
+
 def record(steps, history):
     """Pass a sampler's steps on, appending (step number, block, x, committed) copies to history."""
     for n, step in enumerate(steps, 1):
