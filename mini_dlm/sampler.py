@@ -275,6 +275,7 @@ def generate(model, prompts, *, gen_len=128, steps=None, block_len=32, temperatu
     module docstring). prompts: as for make_canvas. steps: default gen_len. The rest: as for
     denoise, which runs the canvas."""
     steps = steps or gen_len
+    check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)  # first, as denoise does
     check_schedule(gen_len, steps, block_len)
     x, pad = make_canvas(prompts, gen_len, model)  # (B, L), (B,)
     yield from denoise(model, x, pad, steps=steps, block_len=block_len, temperature=temperature, remasking=remasking,
