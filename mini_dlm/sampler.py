@@ -3,10 +3,12 @@ Sampling: LLaDA's reverse process (Nie et al. 2025) with Fast-dLLM's parallel de
 caches (Wu et al. 2025) and BD3-LM's exact block cache (Arriola et al. 2025); plain left-to-right
 decoding with an exact KV cache for the AR baseline. The exact rules: notes/00-spec.md 3-5.
 
-Canvas. x = [prompt, M * gen_len]. The generated part is cut into blocks of block_len, filled
-left to right (semi-autoregressive). Prompts of different lengths are left-padded: pad columns
-are hidden from attention and RoPE positions start at each row's first real token, so every
-row computes what it would alone.
+Canvas. x = [prompt, M * gen_len] (generate), or any canvas with masks where text is wanted
+(denoise; mini_dlm/infill.py builds one from a template with blanks). From the first masked
+column until the last mask, the canvas is cut into blocks of block_len, filled left to right
+(semi-autoregressive); only masked positions are eligible, so every other token stays. Prompts
+of different lengths are left-padded: pad columns are hidden from attention and RoPE positions
+start at each row's first real token, so every row computes what it would alone.
 
 A step, for the current block (mini_dlm/ops.py: unmask does everything after the forward):
   logits = f(x)                          one forward pass (only over the block with a cache)
@@ -18,10 +20,12 @@ A step, for the current block (mini_dlm/ops.py: unmask does everything after the
     factor    (Fast-dLLM)  the longest best-first run with c(n) >= 1 - f / (n + 1), at least one
 Committed tokens never change again.
 
-Schedule. Each block gets s = steps / n_blocks steps; if it holds n masks, step i commits
-k_i = floor(n / s) + (1 if i < n mod s else 0). With a threshold or factor, s only caps the
-passes per block: pass s commits whatever is left. Every pass commits at least one token per
-row, so with steps = gen_len (s = block_len) the cap never binds.
+Schedule. Block j, holding n_j masks, gets s_j = ceil(steps * n_j / sum(n)) steps (for
+[prompt, M * gen_len], steps / n_blocks); step i commits k_i = floor(n_j / s_j) + (1 if
+i < n_j mod s_j else 0). With a threshold or factor, s_j only caps the passes per block: pass
+s_j commits whatever is left. Every pass commits at least one token per row, so with steps =
+the number of masks (one per step, the default) the cap never binds. With cfg_scale > 0 each
+forward also runs an unconditional half of the batch (mini_dlm/guidance.py).
 
 How a step gets the block's logits is a strategy (CACHES, mini_dlm/kvcache.py):
   none    every step is a forward over the whole canvas
@@ -32,7 +36,7 @@ How a step gets the block's logits is a strategy (CACHES, mini_dlm/kvcache.py):
   block   block-diffusion models: the prompt is cached once, every step runs only the block,
           and a finished block is written to the cache by one more pass (BD3-LM; exact)
 
-generate and generate_ar are generators: they yield a Step after every forward pass that
+generate, denoise and generate_ar are generators: they yield a Step after every forward pass that
 commits tokens, so a caller can watch (sample.py --show-steps) or stop early (at end-of-text);
 finish() runs one to the end and returns the canvas and its statistics.
 """
@@ -120,8 +124,8 @@ def canvas_attention(model, pad, L, P, block_len, end=None):
     """Attention pattern for a forward over the whole canvas (B, L): None (the model's default)
     or a bool mask (L, L) / (B, 1, L, L), True where query q may see key k.
       full attention: everything;  AR: causal (block_causal with blocks of 1);
-      block diffusion: block-causal, blocks of block_len counted from the generation start P
-      (so the prompt's first block may be short);
+      block diffusion: block-causal, blocks of block_len counted from column P, the first to
+      fill (so the prompt's first block may be short);
       plus, with padding, no pad column as a key (a pad query sees itself, to stay defined);
       end (B,): no column from end[r] on as a key either (rows right-padded to a common width,
       mini_dlm/dynamic.py)."""
