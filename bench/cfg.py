@@ -35,14 +35,13 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, check_out_dir, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.guidance import Guided, check_cfg_scale
 from mini_dlm.sampler import CACHES, NoCache, finish, generate, make_canvas
 
 from efficiency import apply_quick, make_prompts, save
-from quality import distinct3, generative_nll, load_judge
+from quality import distinct3, generative_nll, load_with_judge
 from roofline import count_forwards, device_name, timed
 
 QUICK = dict(n=4, prompt_len=16, gen_len=16, block_len=16, repeats=1)  # --quick, for flags left at their defaults
@@ -121,10 +120,7 @@ def main(argv=None):
     scales = scale_list(args.scales)
     check_out_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
     device = resolve_device(args.device)
-    model, tok, _ = load_checkpoint(args.dlm, device, "--dlm")
-    ar = load_judge(args.ar, tok, device)
-    if model.config.objective != "mdm":
-        raise ValueError(f"--dlm {args.dlm} must be a diffusion checkpoint")
+    model, tok, ar = load_with_judge(args.dlm, args.ar, device)
     b = model.config.block_size or args.block_len
     prompts = make_prompts(tok, args.data, args.n, args.prompt_len)
     meta = {**vars(args), "block_len": b, "device": f"{device} ({device_name(device)})", "torch": torch.__version__}

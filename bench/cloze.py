@@ -36,13 +36,12 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, autocast, check_out_dir, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import denoise, finish, generate_ar
 
 from efficiency import apply_quick, int_list, save
-from quality import generative_nll, load_judge
+from quality import generative_nll, load_with_judge
 from roofline import device_name
 
 QUICK = dict(n=8, left=16, right=16)  # --quick, for flags left at their defaults
@@ -131,9 +130,9 @@ def measure(dlm, ar, ids, starts, k, args):
 
 
 def check_models(dlm, ar, args, k_max):
-    """ValueError unless dlm is a full-attention diffusion model and the windows fit both contexts."""
+    """ValueError unless dlm has full attention and the windows fit both contexts."""
     cfg = dlm.config
-    if cfg.objective != "mdm" or cfg.block_size:
+    if cfg.block_size:
         raise ValueError(f"--dlm {args.dlm} must be a full-attention diffusion checkpoint: a block-diffusion one "
                          "does not see the text right of the blank")
     if args.left + k_max + args.right > cfg.seq_len:
@@ -150,8 +149,7 @@ def main(argv=None):
     ks = int_list(args.k)
     check_out_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
     device = resolve_device(args.device)
-    dlm, tok, _ = load_checkpoint(args.dlm, device, "--dlm")
-    ar = load_judge(args.ar, tok, device)
+    dlm, tok, ar = load_with_judge(args.dlm, args.ar, device)
     check_models(dlm, ar, args, max(ks))
     ids = torch.tensor(tok.encode(split_text(read_text(args.data)[0])[1]), device=device)
     starts = window_starts(len(ids), args.n, args.left + max(ks) + args.right)
