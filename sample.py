@@ -220,6 +220,24 @@ def resolve_infill(args, model, tokenizer):
     return canvas
 
 
+def sampler_input(args, model, tokenizer):
+    """What the sampler starts from, checked against the checkpoint -> (prompts: id lists, or
+    with --infill the template's canvas (B, L); P: the first column shown by --show-steps;
+    whether the length is auto; what the config printout says about them)."""
+    cfg = model.config
+    if cfg.objective == "ar" and args.cfg_scale:
+        raise ValueError("--cfg-scale needs a diffusion checkpoint: an AR model has no prediction with the prompt masked")
+    if args.infill is not None:
+        canvas = resolve_infill(args, model, tokenizer)
+        n_blank = int((canvas[0] == cfg.mask_id).sum())
+        return canvas, 0, False, {"fixed_tokens": canvas.shape[1] - n_blank, "blank_tokens": n_blank}
+    args.prompt = args.prompt or ["ROMEO:"]
+    auto = resolve_lengths(args, cfg, tokenizer)
+    prompts = [tokenizer.encode(t) for t in args.prompt for _ in range(args.num_samples)]
+    P = max(len(p) for p in prompts)  # prompt columns, left-padded
+    return prompts, P, auto, {"prompt_tokens": [len(p) for p in prompts[::args.num_samples]]}
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     args.threads = set_threads(args.threads)
@@ -230,18 +248,7 @@ def main(argv=None):
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device, "--ckpt")
     cfg = model.config
-    if cfg.objective == "ar" and args.cfg_scale:
-        raise ValueError("--cfg-scale needs a diffusion checkpoint: an AR model has no prediction with the prompt masked")
-    if args.infill is not None:
-        prompts, P, auto = resolve_infill(args, model, tokenizer), 0, False  # the canvas, shown from column 0
-        n_blank = int((prompts[0] == cfg.mask_id).sum())
-        inputs = {"fixed_tokens": prompts.shape[1] - n_blank, "blank_tokens": n_blank}
-    else:
-        args.prompt = args.prompt or ["ROMEO:"]
-        auto = resolve_lengths(args, cfg, tokenizer)
-        prompts = [tokenizer.encode(t) for t in args.prompt for _ in range(args.num_samples)]
-        P = max(len(p) for p in prompts)  # prompt columns, left-padded
-        inputs = {"prompt_tokens": [len(p) for p in prompts[::args.num_samples]]}
+    prompts, P, auto, inputs = sampler_input(args, model, tokenizer)
     blocks = auto and bool(cfg.block_size)
     mode = sampling_mode(cfg, auto, args.infill is not None)
     print_config("config", {"mode": mode, **flags_used(args, mode), "device": str(device),

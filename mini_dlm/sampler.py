@@ -289,23 +289,24 @@ def generate(model, prompts, *, gen_len=128, steps=None, block_len=32, temperatu
 @torch.no_grad()
 def denoise(model, x, pad=None, *, steps=None, block_len=32, temperature=0.0, remasking="low_confidence",
             threshold=None, factor=None, cache="none", cfg_scale=0.0, generator=None):
-    """Fill every mask of the canvas x (B, L) (a copy; pad (B,): its left-pad columns), yielding
-    a Step after every step. The blocks (block_spans) run left to right from the first masked
-    column; only masked positions are eligible, every other token stays as it is. steps: the
-    total, default the number of masks (one per step), shared by the blocks in proportion to
-    their masks (steps_per_block). threshold / factor: Fast-dLLM's rules instead of the
-    schedule. cfg_scale: classifier-free guidance (mini_dlm/guidance.py). generator: draws the
-    Gumbel seeds and the random remasking scores."""
+    """Fill every mask of the canvas x (B, L) (a copy, on the model's device; pad (B,): its
+    left-pad columns, default none), yielding a Step after every step. The blocks (block_spans)
+    run left to right from the first masked column; only masked positions are eligible, every
+    other token stays as it is. steps: the total, default the number of masks (one per step),
+    shared by the blocks in proportion to their masks (steps_per_block). threshold / factor:
+    Fast-dLLM's rules instead of the schedule. cfg_scale: classifier-free guidance
+    (mini_dlm/guidance.py). generator: draws the Gumbel seeds and the random remasking scores."""
     check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)
-    x, M, L = x.clone(), model.config.mask_id, x.shape[1]
-    pad = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if pad is None else pad
+    device, M, L = next(model.parameters()).device, model.config.mask_id, x.shape[1]
+    x = x.to(device, copy=True)
+    pad = torch.zeros(x.shape[0], dtype=torch.long, device=device) if pad is None else pad.to(device)
     spans = check_canvas(model, x, block_len)
     n = [int((x[:, lo:hi] == M).sum(dim=1).max()) for lo, hi in spans]  # masks per block
     per_block = steps_per_block(n, check_steps(steps or sum(n), sum(n)))
     blocks = strategy(cache, model, x, pad, spans[0][0], block_len, cfg_scale)  # how a step gets the logits
     for j, ((lo, hi), s) in enumerate(zip(spans, per_block)):
         eligible = x[:, lo:hi] == M  # (B, hi - lo): masked, in the block
-        k = num_transfer_tokens(eligible.sum(dim=1), max(s, 1))  # (B, s): LLaDA's schedule
+        k = num_transfer_tokens(eligible.sum(dim=1), max(s, 1))  # (B, s): LLaDA's schedule (s = 0: no masks)
         for i in range(s):
             if not eligible.any():
                 break  # threshold / factor finished the block early
