@@ -305,7 +305,8 @@ def test_block_diffusion_checkpoint_refuses_other_block_lengths(trained_blocks, 
 
 
 @pytest.mark.parametrize("flags", [[], ["--cache", "dual", "--threshold", "0.5"], ["--cache", "prefix", "--cfg-scale", "1"],
-                                   ["--steps", "3", "--show-steps", "--temperature", "1"]])
+                                   ["--steps", "3", "--show-steps", "--temperature", "1"],
+                                   ["--remasking", "margin", "--factor", "1.0"], ["--remasking", "random"]])
 def test_sample_infill_keeps_the_text_and_marks_the_fills(trained, capsys, flags):
     sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--infill", "ROMEO:{4} my lord.{2}",
                  "--block-len", "4", "--num-samples", "2"] + flags)
