@@ -293,7 +293,7 @@ def denoise(model, x, pad=None, *, steps=None, block_len=32, temperature=0.0, re
     left-pad columns, default none), yielding a Step after every step. The blocks (block_spans)
     run left to right from the first masked column; only masked positions are eligible, every
     other token stays as it is. steps: the total, default the number of masks (one per step),
-    shared by the blocks in proportion to their masks (steps_per_block). threshold / factor:
+    shared by the blocks in proportion to their masks, rounded up (steps_per_block). threshold / factor:
     Fast-dLLM's rules instead of the schedule. cfg_scale: classifier-free guidance
     (mini_dlm/guidance.py). generator: draws the Gumbel seeds and the random remasking scores."""
     check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)
