@@ -6,6 +6,8 @@ Sample from a checkpoint written by train_tiny.py.
     python sample.py --show-steps --gen-len 32 --steps 8 --block-len 16   # watch the canvas fill in
     python sample.py --prompt "ROMEO:" --prompt "JULIET: O Romeo"         # a batch of two prompts
     python sample.py --ckpt out-d-mdm/ckpt.pt --gen-len auto --threshold 0.9   # DAEDAL: the length adapts
+    python sample.py --infill "ROMEO:{24} my lord." --block-len 8     # fill a blank of 24 tokens
+    python sample.py --prompt "ROMEO:" --gen-len 64 --cfg-scale 1     # classifier-free guidance
 
 Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini_dlm/sampler.py:
 generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
@@ -14,6 +16,9 @@ KV cache, one new token per forward pass (generate_ar), ignoring --steps, --bloc
 --remasking, --threshold, --factor and --cache.
 --gen-len auto (full-attention checkpoints trained with --docs) sizes the canvas as it goes
 (mini_dlm/dynamic.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
+--infill TEXT fills the blanks {N} of a template instead of continuing a prompt (mini_dlm/infill.py,
+diffusion checkpoints only); the filled parts print between FILL_MARKS. --cfg-scale S guides any
+diffusion sampler (mini_dlm/guidance.py).
 """
 
 import argparse
@@ -28,21 +33,28 @@ from mini_dlm.backend import BACKENDS, backends_ran, describe_backend, reset_bac
 from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
                           probability, resolve_device, run, set_threads)
 from mini_dlm.dynamic import Daedal, generate_dynamic
+from mini_dlm.infill import infill_canvas
 from mini_dlm.op_args import REMASKING
-from mini_dlm.sampler import CACHES, finish, generate, generate_ar, stop_at
+from mini_dlm.sampler import CACHES, denoise, finish, generate, generate_ar, stop_at
 from mini_dlm.tokenizer import useful_lengths
 
-SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps")
-DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold")
+SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps", "cfg_scale")
+DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold",
+          "cfg_scale")
+CONTINUE = ("prompt", "gen_len")  # a run that continues prompts; an infill run has its template instead
 MODES = {  # how a run samples -> the flags it uses, besides those every run uses (all the others)
-    "diffusion": SCHEDULE,
-    "block diffusion": SCHEDULE,
-    "block diffusion, auto length": ("max_len", "remasking", "threshold", "cache"),
-    "DAEDAL, auto length": DAEDAL,
-    "AR": ("show_steps",),
+    "diffusion": CONTINUE + SCHEDULE,
+    "block diffusion": CONTINUE + SCHEDULE,
+    "block diffusion, auto length": CONTINUE + ("max_len", "remasking", "threshold", "cache", "cfg_scale"),
+    "DAEDAL, auto length": CONTINUE + DAEDAL,
+    "AR": CONTINUE + ("show_steps",),
+    "infill": ("infill",) + SCHEDULE,
+    "block diffusion, infill": ("infill",) + SCHEDULE,
 }
 MODE_ONLY = {flag for flags in MODES.values() for flag in flags}
 MASK_GLYPH = "░"  # how a still-masked position is drawn by --show-steps
+FILL_MARKS = ("⟦", "⟧")  # around what --infill filled in
+DEFAULT_GEN_LEN = 128
 FRESH, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"  # --show-steps colours on a terminal
 
 
@@ -53,9 +65,13 @@ def get_parser():
                    "prompts (default: 'ROMEO:')")
     p.add_argument("--gen-len", type=gen_len, help="tokens to generate (G), or 'auto': DAEDAL's variable length "
                    "(full-attention checkpoints trained with --docs; the flags below) (default: what the model's context "
-                   "leaves after the prompt, at most 128, in whole blocks)")
+                   f"leaves after the prompt, at most {DEFAULT_GEN_LEN}, in whole blocks)")
+    p.add_argument("--infill", metavar="TEMPLATE", help="fill the blanks of a text instead of continuing a prompt: "
+                   "{N} is a blank of N tokens, e.g. 'ROMEO:{24} my lord.' (diffusion checkpoints; the filled parts "
+                   f"print as {FILL_MARKS[0]}...{FILL_MARKS[1]}; no --prompt, --gen-len or --max-len)")
     p.add_argument("--steps", type=positive_int, help="denoising steps S, a multiple of G / block-len; with "
-                   "--threshold or --factor only a cap (default: G, one token per step)")
+                   "--threshold or --factor only a cap (default: G, one token per step). --infill: S of any size up "
+                   "to the blanks' tokens, shared by the blocks in proportion to their masks")
     p.add_argument("--block-len", type=positive_int, help="semi-autoregressive block length b, G %% b == 0 "
                    "(default: 32, or the block size a block-diffusion checkpoint was trained with)")
     p.add_argument("--remasking", choices=REMASKING, default="low_confidence", help="how guesses are scored "
@@ -68,6 +84,9 @@ def get_parser():
                    "for full-attention checkpoints, block (exact) for block-diffusion ones; AR checkpoints always use "
                    "their exact one")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
+    p.add_argument("--cfg-scale", type=non_negative_float, default=0.0, help="classifier-free guidance s (LLaDA): "
+                   "logits u + (s + 1)(c - u), u with the prompt (or the --infill text) masked, both in one forward of "
+                   "twice the batch; 0 = off (diffusion checkpoints)")
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt, all generated as one batch")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
     p.add_device_flag()
@@ -99,10 +118,12 @@ def gen_len(s):
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {s!r}") from None
 
 
-def sampling_mode(cfg, auto):
-    """The MODES key for a checkpoint's model config and --gen-len auto (auto) or not."""
+def sampling_mode(cfg, auto, infill=False):
+    """The MODES key for a checkpoint's model config, --gen-len auto (auto) or not, and --infill."""
     if cfg.objective == "ar":
         return "AR"
+    if infill:
+        return "block diffusion, infill" if cfg.block_size else "infill"
     if cfg.block_size:
         return "block diffusion, auto length" if auto else "block diffusion"
     return "DAEDAL, auto length" if auto else "diffusion"
@@ -113,10 +134,11 @@ def flags_used(args, mode):
     return {k: v for k, v in vars(args).items() if k not in MODE_ONLY or k in MODES[mode]}
 
 
-def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
+def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False, marks=("", "")):
     """Token ids -> text, each mask token drawn as MASK_GLYPH. Runs of real tokens are decoded
-    together so characters split across tokens come out whole. With colour, tokens where
-    fresh[i] is True are bold green and masks dim."""
+    together so characters split across tokens come out whole. Runs of tokens where fresh[i]
+    is True are put between marks (open, close), and with colour they are bold green and masks
+    dim."""
     fresh = fresh or [False] * len(ids)
     out, run_, kind_ = [], [], None
     for i, f in list(zip(ids, fresh)) + [(None, None)]:
@@ -125,6 +147,8 @@ def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
             text = MASK_GLYPH * len(run_) if kind_ == "mask" else \
                 b"".join(tokenizer.token_bytes(t) for t in run_).decode("utf-8", errors="replace")
             text = text.replace("\n", newline)
+            if kind_ == "fresh":
+                text = marks[0] + text + marks[1]
             style = {"mask": DIM, "fresh": FRESH}.get(kind_) if colour else None
             out.append(f"{style}{text}{RESET}" if style else text)
             run_ = []
@@ -134,8 +158,8 @@ def render(tokenizer, ids, mask_id, newline="\n", fresh=None, colour=False):
 
 
 def show_steps(steps, tokenizer, P, colour):
-    """Print the first sample's generated part after every step, with what the step committed,
-    and pass the steps on."""
+    """Print the first sample's canvas from column P after every step, with what the step
+    committed, and pass the steps on."""
     for n, step in enumerate(steps, 1):
         text = render(tokenizer, step.x[0, P:].tolist(), tokenizer.mask_id, "↵", step.committed[0, P:].tolist(), colour)
         print(f"step {n:4d} | block {step.block} | +{int(step.committed[0].sum()):<3d} | {text}")
@@ -143,22 +167,24 @@ def show_steps(steps, tokenizer, P, colour):
 
 
 def sampler(args, model, prompts, generator, eot_id, P):
-    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/dynamic.py)."""
-    cfg = model.config
+    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/dynamic.py).
+    prompts: lists of ids, or with --infill the template's canvas (B, L)."""
+    cfg, kw = model.config, dict(temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
+                                 generator=generator)
+    if args.infill is not None:
+        return denoise(model, prompts, steps=args.steps, block_len=args.block_len, threshold=args.threshold,
+                       factor=args.factor, cache=args.cache, **kw)
     if args.gen_len == "auto" and cfg.block_size:  # block diffusion grows block by block up to --max-len
         return stop_at(generate(model, prompts, gen_len=args.max_len, block_len=cfg.block_size,
-                                temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
-                                cache=args.cache, generator=generator), eot_id, P)
+                                threshold=args.threshold, cache=args.cache, **kw), eot_id, P)
     if args.gen_len == "auto":  # DAEDAL
         length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold,
                         args.insert)
-        return generate_dynamic(model, prompts, length=length, threshold=args.threshold, temperature=args.temperature,
-                                remasking=args.remasking, generator=generator, eot_id=eot_id)
+        return generate_dynamic(model, prompts, length=length, threshold=args.threshold, eot_id=eot_id, **kw)
     if cfg.objective == "ar":
         return generate_ar(model, prompts, gen_len=args.gen_len, temperature=args.temperature, generator=generator)
     return generate(model, prompts, gen_len=args.gen_len, steps=args.steps, block_len=args.block_len,
-                    temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
-                    factor=args.factor, cache=args.cache, generator=generator)
+                    threshold=args.threshold, factor=args.factor, cache=args.cache, **kw)
 
 
 def resolve_lengths(args, cfg, tokenizer):
@@ -179,11 +205,42 @@ def resolve_lengths(args, cfg, tokenizer):
         args.max_len -= args.max_len % cfg.block_size  # whole blocks
     args.block_len = args.block_len or cfg.block_size or (32 if room >= 64 else 16)
     if args.gen_len is None:
-        args.gen_len = min(128, room) if ar else min(128, room - room % args.block_len)
+        args.gen_len = min(DEFAULT_GEN_LEN, room) if ar else min(DEFAULT_GEN_LEN, room - room % args.block_len)
         if args.gen_len <= 0:
             raise ValueError(f"the prompt leaves no room in the model's context of {cfg.seq_len} tokens")
     args.steps = args.steps or (None if auto else args.gen_len)
     return auto
+
+
+def resolve_infill(args, model, tokenizer):
+    """Check --infill against the other flags and build its canvas, --num-samples rows (B, L);
+    fill in --steps (default: one blank token per step) and --block-len."""
+    given = [flag for flag, v in (("--prompt", args.prompt), ("--gen-len", args.gen_len), ("--max-len", args.max_len))
+             if v is not None]
+    if given:
+        raise ValueError(f"--infill takes the text and the lengths from its template: drop {' and '.join(given)}")
+    canvas = infill_canvas(model, tokenizer, args.infill, rows=args.num_samples)  # ValueError: AR, bad template
+    args.steps = args.steps or int((canvas[0] == model.config.mask_id).sum())
+    args.block_len = args.block_len or model.config.block_size or 32
+    return canvas
+
+
+def sampler_input(args, model, tokenizer):
+    """What the sampler starts from, checked against the checkpoint -> (prompts: id lists, or
+    with --infill the template's canvas (B, L); P: the first column shown by --show-steps;
+    whether the length is auto; what the config printout says about them)."""
+    cfg = model.config
+    if cfg.objective == "ar" and args.cfg_scale:
+        raise ValueError("--cfg-scale needs a diffusion checkpoint: an AR model has no prediction with the prompt masked")
+    if args.infill is not None:
+        canvas = resolve_infill(args, model, tokenizer)
+        n_blank = int((canvas[0] == cfg.mask_id).sum())
+        return canvas, 0, False, {"fixed_tokens": canvas.shape[1] - n_blank, "blank_tokens": n_blank}
+    args.prompt = args.prompt or ["ROMEO:"]
+    auto = resolve_lengths(args, cfg, tokenizer)
+    prompts = [tokenizer.encode(t) for t in args.prompt for _ in range(args.num_samples)]
+    P = max(len(p) for p in prompts)  # prompt columns, left-padded
+    return prompts, P, auto, {"prompt_tokens": [len(p) for p in prompts[::args.num_samples]]}
 
 
 def main(argv=None):
@@ -196,16 +253,13 @@ def main(argv=None):
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device, "--ckpt")
     cfg = model.config
-    args.prompt = args.prompt or ["ROMEO:"]
-    auto = resolve_lengths(args, cfg, tokenizer)
+    prompts, P, auto, inputs = sampler_input(args, model, tokenizer)
     blocks = auto and bool(cfg.block_size)
-    prompts = [tokenizer.encode(t) for t in args.prompt for _ in range(args.num_samples)]
-    mode = sampling_mode(cfg, auto)
+    mode = sampling_mode(cfg, auto, args.infill is not None)
     print_config("config", {"mode": mode, **flags_used(args, mode), "device": str(device),
                             "objective": cfg.objective, "block_size": cfg.block_size, "trained_steps": ckpt["step"],
-                            **ops_used, "prompt_tokens": [len(p) for p in prompts[::args.num_samples]]})
+                            **ops_used, **inputs})
 
-    P = max(len(p) for p in prompts)  # prompt columns, left-padded
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     generator = torch.Generator(device).manual_seed(args.seed)
     reset_backends_ran()
@@ -217,17 +271,26 @@ def main(argv=None):
             stats["lengths"] = torch.full((len(prompts),), x.shape[1] - P)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    report(args, tokenizer, x, stats, P, time.time() - t0, blocks)
+    blanks = prompts == cfg.mask_id if args.infill is not None else None
+    report(args, tokenizer, x, stats, P, time.time() - t0, blocks, blanks, colour)
 
 
-def report(args, tokenizer, x, stats, P, dt, blocks):
-    """Print each sample (cut at its end-of-text with --gen-len auto) and the run's statistics."""
+def report(args, tokenizer, x, stats, P, dt, blocks, blanks=None, colour=False):
+    """Print each sample (cut at its end-of-text with --gen-len auto; with --infill, blanks (B, L)
+    marks the filled parts) and the run's statistics."""
     auto, B = args.gen_len == "auto", x.shape[0]
     ran = " | ops " + ", ".join(f"{op} {b}" for op, b in backends_ran().items())  # what really ran
-    useful = useful_lengths(x[:, P:], tokenizer.eot_id) if auto else torch.full((B,), args.gen_len)
+    if blanks is not None:
+        useful = blanks.sum(dim=1).cpu()
+    else:
+        useful = useful_lengths(x[:, P:], tokenizer.eot_id) if auto else torch.full((B,), args.gen_len)
     for r in range(B):
         print(f"--- sample {r + 1}/{B} ---")
-        print(render(tokenizer, x[r, int(stats["pad"][r]):P + int(useful[r])].tolist(), tokenizer.mask_id))
+        if blanks is not None:
+            print(render(tokenizer, x[r].tolist(), tokenizer.mask_id, fresh=blanks[r].tolist(), colour=colour,
+                         marks=FILL_MARKS))
+        else:
+            print(render(tokenizer, x[r, int(stats["pad"][r]):P + int(useful[r])].tolist(), tokenizer.mask_id))
     n_tok = int(useful.sum())
     if auto:
         how = "grown block by block until every row ended" if blocks else \
@@ -236,8 +299,9 @@ def report(args, tokenizer, x, stats, P, dt, blocks):
         print(f"--- forward passes {stats['forward_passes']} | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s"
               + ran)
     else:
-        print(f"--- forward passes {stats['forward_passes']} | {args.gen_len / stats['forward_passes']:.2f} "
+        print(f"--- forward passes {stats['forward_passes']} | {int(useful[0]) / stats['forward_passes']:.2f} "
               f"tokens/forward per sample | {n_tok} tokens in {dt:.2f} s | {n_tok / dt:.1f} tokens/s" + ran)
+
 
 if __name__ == "__main__":
     run(main)

@@ -67,6 +67,14 @@ def int_list(s):
     return v
 
 
+def apply_quick(args, parser, quick):
+    """--quick: the values of quick (flag -> value) for the flags left at their defaults."""
+    if args.quick:
+        for k, v in quick.items():
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, v)
+
+
 def get_parser():
     p = Parser(description="DLM vs AR throughput across batch sizes, with quality and a roofline (notes/06).")
     # checkpoints: same size and tokenizer
@@ -205,10 +213,7 @@ def main(argv=None):
         for path in plot(data["records"], data["meta"], os.path.splitext(args.replot)[0]):
             print(f"wrote {path}")
         return
-    if args.quick:
-        for k, v in QUICK.items():
-            if getattr(args, k) == parser.get_default(k):
-                setattr(args, k, v)
+    apply_quick(args, parser, QUICK)
     args.batch_sizes, args.gen_lens = int_list(args.batch_sizes), int_list(args.gen_lens)
     configs = [c.strip() for c in args.configs.split(",")]
     kinds = [k.strip() for k in args.ops.split(",")]
@@ -247,22 +252,23 @@ def main(argv=None):
 
     try:
         records, logs = sweep(args, models, prompts_all, tok.eot_id, configs, kinds, device, meta,
-                              lambda recs: save(args.out, meta, recs, []))  # a stopped run keeps its points
+                              lambda recs: save(args.out, meta, recs, crossover=[]))  # a stopped run keeps its points
     finally:
         backend.set_backend("auto")
-    save(args.out, meta, records, crossovers(records, logs, meta, configs, kinds, args.gen_lens))
+    save(args.out, meta, records, crossover=crossovers(records, logs, meta, configs, kinds, args.gen_lens))
     print(f"\nwrote {args.out} ({len(records)} records)")
     if not args.no_plots:
         for path in plot(records, meta, os.path.splitext(args.out)[0]):
             print(f"wrote {path}")
 
 
-def save(path, meta, records, crossover):
-    """The JSON output, written atomically (a temporary file, then os.replace)."""
+def save(path, meta, records, **extra):
+    """The JSON output {"meta", "records", **extra}, written atomically (a temporary file, then
+    os.replace). The other benchmarks write theirs with it too."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump({"meta": meta, "records": records, "crossover": crossover}, f, indent=1)
+        json.dump({"meta": meta, "records": records, **extra}, f, indent=1)
     os.replace(tmp, path)
 
 

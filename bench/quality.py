@@ -29,6 +29,15 @@ def load_judge(path, tokenizer, device):
     return ar
 
 
+def load_with_judge(dlm_path, ar_path, device):
+    """(diffusion model, its tokenizer, the AR judge) from --dlm and --ar; ValueError unless
+    --dlm is a diffusion checkpoint and --ar an AR one with the same tokenizer."""
+    dlm, tok, _ = load_checkpoint(dlm_path, device, "--dlm")
+    if dlm.config.objective != "mdm":
+        raise ValueError(f"--dlm {dlm_path} must be a diffusion checkpoint")
+    return dlm, tok, load_judge(ar_path, tok, device)
+
+
 @torch.no_grad()
 def generative_nll(ar, prompts, gens, batch_size=64):
     """Mean NLL (nats/token, over all generated tokens) of each gens[r] given prompts[r] (lists

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mini_dlm.guidance import check_cfg_scale, guide, with_unconditional
 from mini_dlm.op_args import check_remasking
 from mini_dlm.ops import confidence, unmask
 from mini_dlm.sampler import Step, canvas_attention, canvas_positions, make_canvas, step_noise
@@ -83,22 +84,27 @@ def insert_masks(x, P, g, rows, js, insert, M, eot):
     return x, g_new, len(hits)
 
 
-def forward_region(model, x, pad, P, g):
+def forward_region(model, x, pad, P, g, cfg_scale=0.0):
     """Logits (b, G, V) of the generated region of every row of x (b, P + G); row r sees its
-    columns [pad[r], P + g[r]) only (a hidden column's query sees itself, to stay defined)."""
-    L = x.shape[1]
-    mask = canvas_attention(model, pad, L, P, 0, end=P + g)  # (b, 1, L, L)
-    return model(x, mask, canvas_positions(pad, L), only=slice(P, L))
+    columns [pad[r], P + g[r]) only (a hidden column's query sees itself, to stay defined).
+    cfg_scale > 0: guided, the prompt masked in a second half of the batch (mini_dlm/guidance.py)."""
+    L, M = x.shape[1], model.config.mask_id
+    if cfg_scale:
+        fixed = (torch.arange(L, device=x.device) < P).expand_as(x)  # (b, L): the prompt columns
+        x, pad, g = with_unconditional(x, fixed, M), torch.cat([pad, pad]), torch.cat([g, g])  # (2b, L)
+    mask = canvas_attention(model, pad, L, P, 0, end=P + g)  # (b or 2b, 1, L, L)
+    logits = model(x, mask, canvas_positions(pad, L), only=slice(P, L))
+    return guide(logits, cfg_scale, M) if cfg_scale else logits
 
 
-def grow_canvas(model, x, pad, P, d, eot):
+def grow_canvas(model, x, pad, P, d, eot, cfg_scale=0.0):
     """Stage 1: append d.grow masks to every row whose tail is not confidently end-of-text, until
     none is or the row reaches d.max_len. -> (x, g (B,) region lengths, the last logits, passes)."""
     B, M = x.shape[0], model.config.mask_id
     g = torch.full((B,), d.init_len, dtype=torch.long, device=x.device)  # (B,) each row's region length
     x, settled, passes = resize(x, P, g, g, M, eot), torch.zeros(B, dtype=torch.bool, device=x.device), 0
     while True:
-        logits = forward_region(model, x, pad, P, g)  # (B, G, V)
+        logits = forward_region(model, x, pad, P, g, cfg_scale)  # (B, G, V)
         passes += 1
         p_eot = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1)[..., eot]  # (B, G)
         last = g[:, None] - d.tail + torch.arange(d.tail, device=x.device)  # (B, tail): the last min(tail, g) count
@@ -121,7 +127,8 @@ def least_confident(logits, eligible, M):
     return c.masked_fill(~eligible, float("inf")).min(dim=1)
 
 
-def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, threshold, temperature, remasking, generator):
+def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, threshold, temperature, remasking, generator,
+                            cfg_scale=0.0):
     """Stage 2: commit by threshold (or one per pass) over each unfinished row's region, turning
     a lost position into d.insert masks; yields a Step after every pass. passes: stage 1's."""
     M, B, insertions, length_passes = model.config.mask_id, x.shape[0], 0, passes
@@ -147,24 +154,26 @@ def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, thresho
             insertions += n
         rows = (x[:, P:] == M).any(dim=1).nonzero().squeeze(1)
         if len(rows):
-            logits = forward_region(model, x[rows, :P + int(g[rows].max())], pad[rows], P, g[rows])
+            logits = forward_region(model, x[rows, :P + int(g[rows].max())], pad[rows], P, g[rows], cfg_scale)
             passes += 1
 
 
 @torch.no_grad()
 def generate_dynamic(model, prompts, *, length=Daedal(), threshold=0.9, temperature=0.0, remasking="low_confidence",
-                     generator=None, eot_id=None):
+                     cfg_scale=0.0, generator=None, eot_id=None):
     """DAEDAL (see the module docstring), yielding a Step after every denoising pass; the last
     one's info holds "length_passes" (stage 1), "insertions" and "lengths" (B,), each row's
     final canvas length. prompts: as for sampler.make_canvas. eot_id: the tokenizer's
     end-of-text (default: the id just below the mask token, as in mini_dlm's tokenizer). The
-    canvas is left-padded and right-padded with end-of-text."""
+    canvas is left-padded and right-padded with end-of-text. cfg_scale: classifier-free guidance
+    in every pass of both stages (mini_dlm/guidance.py)."""
     check_dynamic(model, threshold, remasking)
+    check_cfg_scale(cfg_scale)
     x, pad = make_canvas(prompts, length.max_len, model)  # checks that prompt + max_len fits the context
     P, eot = x.shape[1] - length.max_len, model.config.mask_id - 1 if eot_id is None else eot_id
-    x, g, logits, passes = grow_canvas(model, x, pad, P, length, eot)
+    x, g, logits, passes = grow_canvas(model, x, pad, P, length, eot, cfg_scale)
     yield from denoise_with_insertions(model, x, pad, P, g, logits, passes, length, eot, threshold, temperature,
-                                       remasking, generator)
+                                       remasking, generator, cfg_scale)
 
 
 def check_dynamic(model, threshold, remasking):

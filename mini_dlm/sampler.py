@@ -3,10 +3,12 @@ Sampling: LLaDA's reverse process (Nie et al. 2025) with Fast-dLLM's parallel de
 caches (Wu et al. 2025) and BD3-LM's exact block cache (Arriola et al. 2025); plain left-to-right
 decoding with an exact KV cache for the AR baseline. The exact rules: notes/00-spec.md 3-5.
 
-Canvas. x = [prompt, M * gen_len]. The generated part is cut into blocks of block_len, filled
-left to right (semi-autoregressive). Prompts of different lengths are left-padded: pad columns
-are hidden from attention and RoPE positions start at each row's first real token, so every
-row computes what it would alone.
+Canvas. x = [prompt, M * gen_len] (generate), or any canvas with masks where text is wanted
+(denoise; mini_dlm/infill.py builds one from a template with blanks). From the first masked
+column until the last mask, the canvas is cut into blocks of block_len, filled left to right
+(semi-autoregressive); only masked positions are eligible, so every other token stays. Prompts
+of different lengths are left-padded: pad columns are hidden from attention and RoPE positions
+start at each row's first real token, so every row computes what it would alone.
 
 A step, for the current block (mini_dlm/ops.py: unmask does everything after the forward):
   logits = f(x)                          one forward pass (only over the block with a cache)
@@ -18,10 +20,12 @@ A step, for the current block (mini_dlm/ops.py: unmask does everything after the
     factor    (Fast-dLLM)  the longest best-first run with c(n) >= 1 - f / (n + 1), at least one
 Committed tokens never change again.
 
-Schedule. Each block gets s = steps / n_blocks steps; if it holds n masks, step i commits
-k_i = floor(n / s) + (1 if i < n mod s else 0). With a threshold or factor, s only caps the
-passes per block: pass s commits whatever is left. Every pass commits at least one token per
-row, so with steps = gen_len (s = block_len) the cap never binds.
+Schedule. Block j, holding n_j masks, gets s_j = ceil(steps * n_j / sum(n)) steps (for
+[prompt, M * gen_len], steps / n_blocks); step i commits k_i = floor(n_j / s_j) + (1 if
+i < n_j mod s_j else 0). With a threshold or factor, s_j only caps the passes per block: pass
+s_j commits whatever is left. Every pass commits at least one token per row, so with steps =
+the number of masks (one per step, the default) the cap never binds. With cfg_scale > 0 each
+forward also runs an unconditional half of the batch (mini_dlm/guidance.py).
 
 How a step gets the block's logits is a strategy (CACHES, mini_dlm/kvcache.py):
   none    every step is a forward over the whole canvas
@@ -32,7 +36,7 @@ How a step gets the block's logits is a strategy (CACHES, mini_dlm/kvcache.py):
   block   block-diffusion models: the prompt is cached once, every step runs only the block,
           and a finished block is written to the cache by one more pass (BD3-LM; exact)
 
-generate and generate_ar are generators: they yield a Step after every forward pass that
+generate, denoise and generate_ar are generators: they yield a Step after every forward pass that
 commits tokens, so a caller can watch (sample.py --show-steps) or stop early (at end-of-text);
 finish() runs one to the end and returns the canvas and its statistics.
 """
@@ -43,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_dlm.gumbel import draw_seed, sample_x0
+from mini_dlm.guidance import Guided, check_cfg_scale
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import block_causal
 from mini_dlm.op_args import check_remasking
@@ -119,8 +124,8 @@ def canvas_attention(model, pad, L, P, block_len, end=None):
     """Attention pattern for a forward over the whole canvas (B, L): None (the model's default)
     or a bool mask (L, L) / (B, 1, L, L), True where query q may see key k.
       full attention: everything;  AR: causal (block_causal with blocks of 1);
-      block diffusion: block-causal, blocks of block_len counted from the generation start P
-      (so the prompt's first block may be short);
+      block diffusion: block-causal, blocks of block_len counted from column P, the first to
+      fill (so the prompt's first block may be short);
       plus, with padding, no pad column as a key (a pad query sees itself, to stay defined);
       end (B,): no column from end[r] on as a key either (rows right-padded to a common width,
       mini_dlm/dynamic.py)."""
@@ -147,11 +152,12 @@ def canvas_positions(pad, L):
 # ---- how a step gets the block's logits: one strategy per cache -------------------------------
 
 class NoCache:
-    """Every step is a forward over the whole canvas (LLaDA)."""
+    """Every step is a forward over the whole canvas (LLaDA). A strategy is made for a canvas
+    x (B, L) with left pads pad (B,) whose blocks start at column start (all fixed before it)."""
 
-    def __init__(self, model, x, pad, P, block_len):
+    def __init__(self, model, x, pad, start, block_len):
         self.model, self.pad, self.passes = model, pad, 0
-        self.mask = canvas_attention(model, pad, x.shape[1], P, block_len)
+        self.mask = canvas_attention(model, pad, x.shape[1], start, block_len)
         self.pos = canvas_positions(pad, x.shape[1])
 
     def forward(self, x, lo, hi, **kw):
@@ -192,19 +198,18 @@ class BlockCache(NoCache):
     """BD3-LM's exact block cache: the prompt is recorded once, every step runs the block alone,
     and a finished block is appended by one more pass over it, now clean."""
 
-    def __init__(self, model, x, pad, P, block_len):
-        super().__init__(model, x, pad, P, block_len)
+    def __init__(self, model, x, pad, start, block_len):
+        super().__init__(model, x, pad, start, block_len)
         self.kv = None
-        if P:  # the prompt (block-causal, like any clean block)
-            self.kv = KVCache(model.config.n_layer, pad, P, capacity=x.shape[1])
-            self.forward(x, 0, P, attn_mask=self.mask[..., :P, :P], cache=self.kv, only=slice(0, 0))
+        if start:  # the prompt (block-causal, like any clean block)
+            self.kv = KVCache(model.config.n_layer, pad, start, capacity=x.shape[1])
+            self.forward(x, 0, start, attn_mask=self.mask[..., :start, :start], cache=self.kv, only=slice(0, 0))
 
     def logits(self, x, lo, hi, i):
         return self.forward(x, lo, hi, cache=self.kv)
 
     def block_done(self, x, lo, hi):
-        if hi == x.shape[1]:
-            return  # the last block: nothing reads its keys/values
+        """The block is finished (and is not the last): append its clean keys/values."""
         if self.kv is None:  # an empty prompt: the first block starts the cache
             self.kv = KVCache(self.model.config.n_layer, self.pad, hi - lo, capacity=x.shape[1])
         else:
@@ -221,6 +226,22 @@ def num_transfer_tokens(n_masked, s):
     """n_masked (B,) masks in the block, s steps -> (B, s) tokens to commit at each step."""
     base, rem = n_masked[:, None] // s, n_masked[:, None] % s  # (B, 1)
     return base + (torch.arange(s, device=n_masked.device)[None, :] < rem).long()  # (B, s)
+
+
+def block_spans(masked, block_len):
+    """masked (B, L) bool -> the blocks [(lo, hi), ...]: block_len columns each, from the first
+    masked column until the last masked one is covered (the last block stops at the canvas end)."""
+    cols = masked.any(dim=0).nonzero().flatten()
+    start, end, L = int(cols[0]), int(cols[-1]) + 1, masked.shape[1]
+    return [(lo, min(lo + block_len, L)) for lo in range(start, end, block_len)]
+
+
+def steps_per_block(n, steps):
+    """n: the masks of each block (of the row with the most) -> the steps each block gets, its
+    share in proportion to its masks, rounded up: s_j = ceil(steps * n_j / sum(n)). With
+    [prompt, M * G] every block holds b masks, and this is steps / (G / b)."""
+    total = sum(n)
+    return [-(-steps * n_j // total) for n_j in n]
 
 
 def commit_rule(k_i, eligible, last, threshold, factor):
@@ -243,33 +264,60 @@ def step_noise(remasking, temperature, generator, eligible):
     return noise
 
 
+def strategy(cache, model, x, pad, start, block_len, cfg_scale):
+    """How each step gets the block's logits: the cache's strategy, run on a doubled batch when
+    guided (mini_dlm/guidance.py)."""
+    if cfg_scale:
+        return Guided(CACHES[cache], model, x, pad, start, block_len, cfg_scale)
+    return CACHES[cache](model, x, pad, start, block_len)
+
+
 @torch.no_grad()
 def generate(model, prompts, *, gen_len=128, steps=None, block_len=32, temperature=0.0, remasking="low_confidence",
-             threshold=None, factor=None, cache="none", generator=None):
+             threshold=None, factor=None, cache="none", cfg_scale=0.0, generator=None):
     """Denoise [prompt, M * gen_len] block by block, yielding a Step after every step (see the
-    module docstring). prompts: as for make_canvas. steps: default gen_len. threshold / factor:
-    Fast-dLLM's rules instead of the schedule. generator: draws the Gumbel seeds and the random
-    remasking scores."""
+    module docstring). prompts: as for make_canvas. steps: default gen_len. The rest: as for
+    denoise, which runs the canvas."""
     steps = steps or gen_len
-    check_options(model, gen_len, steps, block_len, remasking, threshold, factor, cache)
+    check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)  # first, as denoise does
+    check_schedule(gen_len, steps, block_len)
     x, pad = make_canvas(prompts, gen_len, model)  # (B, L), (B,)
-    P, M, L = x.shape[1] - gen_len, model.config.mask_id, x.shape[1]
-    s = steps // (gen_len // block_len)  # steps per block
-    blocks = CACHES[cache](model, x, pad, P, block_len)  # how a step gets the block's logits
-    for j, lo in enumerate(range(P, L, block_len)):
-        hi = lo + block_len
-        eligible = x[:, lo:hi] == M  # (B, b): masked, in the block
-        k = num_transfer_tokens(eligible.sum(dim=1), s)  # (B, s): LLaDA's schedule
+    yield from denoise(model, x, pad, steps=steps, block_len=block_len, temperature=temperature, remasking=remasking,
+                       threshold=threshold, factor=factor, cache=cache, cfg_scale=cfg_scale, generator=generator)
+
+
+@torch.no_grad()
+def denoise(model, x, pad=None, *, steps=None, block_len=32, temperature=0.0, remasking="low_confidence",
+            threshold=None, factor=None, cache="none", cfg_scale=0.0, generator=None):
+    """Fill every mask of the canvas x (B, L) (a copy, on the model's device; pad (B,): its
+    left-pad columns, default none), yielding a Step after every step. The blocks (block_spans)
+    run left to right from the first masked column; only masked positions are eligible, every
+    other token stays as it is. steps: the total, default the number of masks (one per step),
+    shared by the blocks in proportion to their masks, rounded up (steps_per_block). threshold / factor:
+    Fast-dLLM's rules instead of the schedule. cfg_scale: classifier-free guidance
+    (mini_dlm/guidance.py). generator: draws the Gumbel seeds and the random remasking scores."""
+    check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)
+    device, M, L = next(model.parameters()).device, model.config.mask_id, x.shape[1]
+    x = x.to(device, copy=True)
+    pad = torch.zeros(x.shape[0], dtype=torch.long, device=device) if pad is None else pad.to(device)
+    spans = check_canvas(model, x, block_len)
+    n = [int((x[:, lo:hi] == M).sum(dim=1).max()) for lo, hi in spans]  # masks per block
+    per_block = steps_per_block(n, check_steps(steps or sum(n), sum(n)))
+    blocks = strategy(cache, model, x, pad, spans[0][0], block_len, cfg_scale)  # how a step gets the logits
+    for j, ((lo, hi), s) in enumerate(zip(spans, per_block)):
+        eligible = x[:, lo:hi] == M  # (B, hi - lo): masked, in the block
+        k = num_transfer_tokens(eligible.sum(dim=1), max(s, 1))  # (B, s): LLaDA's schedule (s = 0: no masks)
         for i in range(s):
             if not eligible.any():
                 break  # threshold / factor finished the block early
-            logits = blocks.logits(x, lo, hi, i)  # (B, b, V): one forward pass
+            logits = blocks.logits(x, lo, hi, i)  # (B, hi - lo, V): one forward pass
             before = eligible.clone()
             unmask(logits, x[:, lo:hi], eligible, **commit_rule(k[:, i], eligible, i == s - 1, threshold, factor),
                    remasking=remasking, temperature=temperature, banned=[M],
                    **step_noise(remasking, temperature, generator, eligible))  # guess, score, commit: in place
             yield Step(x, F.pad(before & ~eligible, (lo, L - hi)), j, blocks.passes, pad, hi, not eligible.any())
-        blocks.block_done(x, lo, hi)
+        if j < len(spans) - 1:  # the last block: nothing reads its keys/values
+            blocks.block_done(x, lo, hi)
 
 
 def check_schedule(gen_len, steps, block_len):
@@ -285,13 +333,32 @@ def check_schedule(gen_len, steps, block_len):
         raise ValueError(f"--steps {steps} is larger than --gen-len {gen_len}: some steps would commit nothing")
 
 
-def check_options(model, gen_len, steps, block_len, remasking, threshold, factor, cache):
-    """ValueError unless generate's options fit each other and the model."""
+def check_canvas(model, x, block_len):
+    """ValueError unless x (B, L) fits the context and has a mask -> block_spans(x == M)."""
+    ctx, M = model.config.seq_len, model.config.mask_id
+    if x.shape[1] > ctx:
+        raise ValueError(f"the canvas ({x.shape[1]} tokens) exceeds the model's context of {ctx} tokens")
+    if not (x == M).any():
+        raise ValueError("the canvas has no mask token: nothing to fill")
+    return block_spans(x == M, block_len)
+
+
+def check_steps(steps, n_masks):
+    """ValueError unless 1 <= steps <= n_masks (a step that commits nothing is no step) -> steps."""
+    if not 0 < steps <= n_masks:
+        raise ValueError(f"--steps must be between 1 and the {n_masks} masked tokens, got {steps}")
+    return steps
+
+
+def check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale):
+    """ValueError unless the sampler's options fit each other and the model."""
     cfg = model.config
     if cfg.objective != "mdm":
         raise ValueError("generate() needs a diffusion checkpoint; use generate_ar() for an AR model")
-    check_schedule(gen_len, steps, block_len)
+    if block_len <= 0:
+        raise ValueError(f"block-len must be positive, got {block_len}")
     check_remasking(remasking)
+    check_cfg_scale(cfg_scale)
     if cache not in CACHES:
         raise ValueError(f"cache must be one of {tuple(CACHES)}, got {cache!r}")
     if threshold is not None and factor is not None:

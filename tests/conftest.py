@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # train_tiny.py and sample.py are importable as modules
 sys.path.insert(1, os.path.join(ROOT, "bench"))  # and the benchmarks, as their scripts import each other
 
+from mini_dlm.checkpoint import save_checkpoint  # noqa: E402
 from mini_dlm.data import DEFAULT_DATA  # noqa: E402
 from mini_dlm.model import ModelConfig, Transformer  # noqa: E402
 from mini_dlm.tokenizer import Tokenizer  # noqa: E402
@@ -41,12 +42,36 @@ def corpus_file(corpus, tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def checkpoints(tokenizer, tmp_path_factory):
+    """Three tiny checkpoints of one size and tokenizer: AR, full-attention, block diffusion."""
+    d = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, kw in (("ar", dict(objective="ar")), ("dlm", {}), ("block", dict(block_size=8))):
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, seq_len=32, n_layer=2,
+                          n_head=2, n_embd=32, **kw)
+        paths[name] = str(d / f"{name}.pt")
+        save_checkpoint(paths[name], Transformer(cfg).eval(), tokenizer, 0)
+    return paths
+
+
 def tiny_model(objective="mdm", vocab_size=64, seq_len=48, seed=0, **kw):
     """A real (randomly initialised) Transformer small enough to run hundreds of times."""
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=2, n_head=2, n_embd=32,
                       mask_id=vocab_size - 1, objective=objective, **kw)
     return Transformer(cfg).eval()
+
+
+def spread(model, scale=12.0):
+    """A random net far from uniform (weights x scale), so outputs depend on the context and
+    confidences are rarely close: a pin that tells configurations apart."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return model
 
 
 def record(steps, history):

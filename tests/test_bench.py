@@ -15,9 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_model
 from mini_dlm import backend
-from mini_dlm.checkpoint import save_checkpoint
 from mini_dlm.kvcache import KVCache
-from mini_dlm.model import ModelConfig, Transformer
+from mini_dlm.model import ModelConfig
 from mini_dlm.sampler import finish, generate, generate_ar
 
 import efficiency  # bench/ is on sys.path (conftest.py)
@@ -114,20 +113,6 @@ def test_generative_nll_matches_row_by_row():
 def test_distinct3():
     assert distinct3([1, 2, 3, 4, 5]) == 1.0
     assert distinct3([1, 2, 1, 2, 1, 2, 1, 2]) == 2 / 6
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tokenizer, tmp_path_factory):
-    """Three tiny checkpoints of one size and tokenizer: AR, full-attention, block diffusion."""
-    d = tmp_path_factory.mktemp("ckpt")
-    paths = {}
-    for name, kw in (("ar", dict(objective="ar")), ("dlm", {}), ("block", dict(block_size=8))):
-        torch.manual_seed(0)
-        cfg = ModelConfig(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, seq_len=32, n_layer=2,
-                          n_head=2, n_embd=32, **kw)
-        paths[name] = str(d / f"{name}.pt")
-        save_checkpoint(paths[name], Transformer(cfg).eval(), tokenizer, 0)
-    return paths
 
 
 def bench_args(checkpoints, corpus_file, out, *extra):

@@ -178,6 +178,13 @@ def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     (["--gen-len", "auto", "--eot-threshold", "2"], "--eot-threshold: must be a probability in [0, 1]"),
     (["--gen-len", "auto", "--low-threshold", "-0.1"], "--low-threshold: must be a probability in [0, 1]"),
     (["--cache", "kv"], "invalid choice"),
+    (["--infill", "no blank"], "the template has no blank"),
+    (["--infill", "ROMEO:{0} my lord."], "has size 0"),
+    (["--infill", "ROMEO:{20} my lord.{10}"], "more than the model's context of 32"),
+    (["--infill", "ROMEO:{3}", "--gen-len", "auto"], "drop --gen-len"),
+    (["--infill", "ROMEO:{3}", "--prompt", "JULIET:", "--gen-len", "8"], "drop --prompt and --gen-len"),
+    (["--infill", "ROMEO:{3}", "--steps", "4"], "between 1 and the 3 masked tokens"),
+    (["--cfg-scale", "-0.5"], "--cfg-scale: must be a finite number >= 0"),
 ])
 def test_bad_sampling_flags(trained, capsys, flags, match):
     fails_cleanly(sample.main, ["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu"] + flags, capsys, match)
@@ -258,14 +265,17 @@ def printed_config(out):
     return {k.strip(): v for k, v in rows}
 
 
-SCHEDULE_FLAGS = {"steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps"}
+SCHEDULE_FLAGS = {"steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps", "cfg_scale"}
+CONTINUE = {"prompt", "gen_len"}
 MODE_FLAGS = {  # sample.py's flags that one mode uses and another ignores
-    "diffusion": SCHEDULE_FLAGS,
-    "block diffusion": SCHEDULE_FLAGS,
-    "block diffusion, auto length": {"max_len", "remasking", "threshold", "cache"},
-    "DAEDAL, auto length": {"init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert",
-                            "remasking", "threshold"},
-    "AR": {"show_steps"},
+    "diffusion": CONTINUE | SCHEDULE_FLAGS,
+    "block diffusion": CONTINUE | SCHEDULE_FLAGS,
+    "block diffusion, auto length": CONTINUE | {"max_len", "remasking", "threshold", "cache", "cfg_scale"},
+    "DAEDAL, auto length": CONTINUE | {"init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold",
+                                       "insert", "remasking", "threshold", "cfg_scale"},
+    "AR": CONTINUE | {"show_steps"},
+    "infill": {"infill"} | SCHEDULE_FLAGS,
+    "block diffusion, infill": {"infill"} | SCHEDULE_FLAGS,
 }
 
 
@@ -275,13 +285,15 @@ def test_sample_prints_the_flags_of_its_mode_only(trained, trained_blocks, train
             "block diffusion, auto length": (trained_blocks, ["--gen-len", "auto", "--max-len", "16"]),
             "DAEDAL, auto length": (os.path.join(trained, "ckpt.pt"), ["--gen-len", "auto", "--init-len", "8",
                                                                        "--max-len", "16"]),
-            "AR": (trained_ar, ["--gen-len", "4"])}
+            "AR": (trained_ar, ["--gen-len", "4"]),
+            "infill": (os.path.join(trained, "ckpt.pt"), ["--infill", "ROMEO:{4}", "--block-len", "4"]),
+            "block diffusion, infill": (trained_blocks, ["--infill", "ROMEO:{4}"])}
     every_mode = set().union(*MODE_FLAGS.values())
     for mode, (ckpt, flags) in runs.items():
         sample.main(["--ckpt", ckpt, "--device", "cpu"] + flags)
         config = printed_config(capsys.readouterr().out)
         assert config["mode"] == mode
-        assert {"ckpt", "prompt", "gen_len", "temperature", "num_samples", "seed", "threads", "backend"} <= set(config)
+        assert {"ckpt", "temperature", "num_samples", "seed", "threads", "backend"} <= set(config)
         assert set(config) & every_mode == MODE_FLAGS[mode], mode
 
 
@@ -290,6 +302,39 @@ def test_block_diffusion_checkpoint_refuses_other_block_lengths(trained_blocks, 
                   "use --block-len 8")
     fails_cleanly(sample.main, ["--ckpt", trained_blocks, "--device", "cpu", "--cache", "dual"], capsys,
                   "full-attention")
+
+
+@pytest.mark.parametrize("flags", [[], ["--cache", "dual", "--threshold", "0.5"], ["--cache", "prefix", "--cfg-scale", "1"],
+                                   ["--steps", "3", "--show-steps", "--temperature", "1"],
+                                   ["--remasking", "margin", "--factor", "1.0"], ["--remasking", "random"]])
+def test_sample_infill_keeps_the_text_and_marks_the_fills(trained, capsys, flags):
+    sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--infill", "ROMEO:{4} my lord.{2}",
+                 "--block-len", "4", "--num-samples", "2"] + flags)
+    out = capsys.readouterr().out
+    samples = out.split("--- sample ")[1:]
+    assert len(samples) == 2 and printed_config(out)["mode"] == "infill"
+    for text in samples:
+        body = text.split("\n", 1)[1].rsplit("\n--- forward", 1)[0]
+        assert body.startswith("ROMEO:⟦") and "⟧ my lord.⟦" in body and body.rstrip("\n").endswith("⟧")
+    assert "tokens/forward per sample | 12 tokens" in out  # 6 blank tokens per sample
+
+
+def test_block_model_infills_the_same_with_and_without_cache(trained_blocks, capsys):
+    texts = []
+    for cache in ("none", "block"):
+        sample.main(["--ckpt", trained_blocks, "--device", "cpu", "--infill", "ROMEO:{6} my lord.{9}", "--cache", cache,
+                     "--threshold", "0.5"])
+        out = capsys.readouterr().out
+        assert printed_config(out)["mode"] == "block diffusion, infill"
+        texts.append(out[out.index("--- sample 1/1"):out.index("--- forward passes")])
+    assert texts[0] == texts[1] and "my lord." in texts[0]
+
+
+def test_ar_checkpoints_refuse_infill_and_guidance(trained_ar, capsys):
+    fails_cleanly(sample.main, ["--ckpt", trained_ar, "--device", "cpu", "--infill", "ROMEO:{3}"], capsys,
+                  "an AR model cannot infill")
+    fails_cleanly(sample.main, ["--ckpt", trained_ar, "--device", "cpu", "--cfg-scale", "1"], capsys,
+                  "--cfg-scale needs a diffusion checkpoint")
 
 
 @pytest.mark.parametrize("flags", [["--threshold", "0.9", "--cache", "dual"], ["--factor", "1.0", "--cache", "prefix"],

@@ -9,22 +9,12 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import spread, tiny_model
 from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.sampler import finish, generate, generate_ar, stop_at
 
 PINS = json.load(open(os.path.join(os.path.dirname(__file__), "sampler_pins.json")))
 PROMPTS = [[3, 4, 5], [6, 7]]
-
-
-def spread(model, scale=12.0):
-    """A random net far from uniform (weights x scale), so outputs depend on the context and
-    confidences are rarely close: a pin that tells configurations apart."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(scale)
-    return model
 
 
 def g():
