@@ -3,6 +3,7 @@ Sample from a checkpoint written by train_tiny.py.
 
     python sample.py --ckpt out/ckpt.pt --prompt "ROMEO:" --gen-len 128 --steps 128 --block-len 32
     python sample.py --threshold 0.9 --cache dual          # Fast-dLLM: parallel decoding + dual cache
+    python sample.py --factor 1.0                          # Fast-dLLM's factor rule, as its code does it
     python sample.py --show-steps --gen-len 32 --steps 8 --block-len 16   # watch the canvas fill in
     python sample.py --prompt "ROMEO:" --prompt "JULIET: O Romeo"         # a batch of two prompts
     python sample.py --ckpt out-d-mdm/ckpt.pt --gen-len auto --threshold 0.9   # DAEDAL: the length adapts
@@ -11,7 +12,7 @@ Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini
 generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
 length and may use the exact --cache block. AR checkpoints decode left to right with their exact
 KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
---remasking, --threshold, --factor and --cache.
+--remasking, --threshold, --factor, --factor-rule, --cache and LLaDA's two end-of-text switches.
 --gen-len auto (full-attention checkpoints trained with --docs) sizes the canvas as it goes
 (mini_dlm/dynamic.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
 """
@@ -28,11 +29,12 @@ from mini_dlm.backend import BACKENDS, backends_ran, describe_backend, reset_bac
 from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
                           probability, resolve_device, run, set_threads)
 from mini_dlm.dynamic import Daedal, generate_dynamic
-from mini_dlm.op_args import REMASKING
+from mini_dlm.op_args import FACTOR_RULES, REMASKING
 from mini_dlm.sampler import CACHES, finish, generate, generate_ar, stop_at
 from mini_dlm.tokenizer import useful_lengths
 
-SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps")
+SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "factor_rule", "cache", "logits_eos_inf",
+            "confidence_eos_eot_inf", "show_steps")
 DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold")
 MODES = {  # how a run samples -> the flags it uses, besides those every run uses (all the others)
     "diffusion": SCHEDULE,
@@ -61,8 +63,15 @@ def get_parser():
                    "(the best commit first): p(x0), p1 - p2, -entropy, or at random")
     p.add_argument("--threshold", type=probability, help="Fast-dLLM: commit every guess with confidence >= TAU, "
                    "at least one per step (default: off, LLaDA's schedule)")
-    p.add_argument("--factor", type=positive_float, help="Fast-dLLM's factor rule instead of a fixed threshold "
-                   "(default: off)")
+    p.add_argument("--factor", type=positive_float, metavar="F", help="Fast-dLLM's factor rule instead of a fixed threshold: "
+                   "the guess of rank n passes if its confidence is >= 1 - F / (n + 1) (default: off)")
+    p.add_argument("--factor-rule", choices=FACTOR_RULES, default="fastdllm", help="which ranks --factor commits: "
+                   "fastdllm as Fast-dLLM's code (those before the first that fails, plus that one if it is the first "
+                   "or the last), strict the longest run that passes")
+    p.add_argument("--logits-eos-inf", action="store_true", help="LLaDA's logits_eos_inf: end-of-text is never "
+                   "guessed (its logit is -inf)")
+    p.add_argument("--confidence-eos-eot-inf", action="store_true", help="LLaDA's confidence_eos_eot_inf: "
+                   "end-of-text guesses score -inf, so they commit after the block's others")
     p.add_argument("--cache", choices=CACHES, default="none", help="KV cache: prefix / dual (Fast-dLLM, approximate) "
                    "for full-attention checkpoints, block (exact) for block-diffusion ones; AR checkpoints always use "
                    "their exact one")
@@ -157,7 +166,9 @@ def sampler(args, model, prompts, generator, eot_id, P):
         return generate_ar(model, prompts, gen_len=args.gen_len, temperature=args.temperature, generator=generator)
     return generate(model, prompts, gen_len=args.gen_len, steps=args.steps, block_len=args.block_len,
                     temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
-                    factor=args.factor, cache=args.cache, generator=generator)
+                    factor=args.factor, factor_rule=args.factor_rule, cache=args.cache, generator=generator,
+                    logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+                    eot_id=eot_id)
 
 
 def resolve_lengths(args, cfg, tokenizer):
@@ -166,9 +177,11 @@ def resolve_lengths(args, cfg, tokenizer):
     auto, ar = args.gen_len == "auto", cfg.objective == "ar"
     blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
     caches = ("none", "block") if blocks else ("none",)
-    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in caches):
+    llada_switches = args.logits_eos_inf or args.confidence_eos_eot_inf
+    if auto and (ar or args.show_steps or args.factor is not None or llada_switches or args.cache not in caches):
         raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
-                         "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
+                         "one); not with an AR model, --show-steps, --factor, --logits-eos-inf, "
+                         "--confidence-eos-eot-inf or --cache prefix/dual")
     if auto and args.max_len is None:
         args.max_len = cfg.seq_len - max(len(tokenizer.encode(t)) for t in args.prompt)  # what the context leaves
     if blocks:
