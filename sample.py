@@ -3,6 +3,7 @@ Sample from a checkpoint written by train_tiny.py.
 
     python sample.py --ckpt out/ckpt.pt --prompt "ROMEO:" --gen-len 128 --steps 128 --block-len 32
     python sample.py --threshold 0.9 --cache dual          # Fast-dLLM: parallel decoding + dual cache
+    python sample.py --factor 1.0                          # Fast-dLLM's factor rule, as its code does it
     python sample.py --show-steps --gen-len 32 --steps 8 --block-len 16   # watch the canvas fill in
     python sample.py --prompt "ROMEO:" --prompt "JULIET: O Romeo"         # a batch of two prompts
     python sample.py --ckpt out-d-mdm/ckpt.pt --gen-len auto --threshold 0.9   # DAEDAL: the length adapts
@@ -13,7 +14,7 @@ Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini
 generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
 length and may use the exact --cache block. AR checkpoints decode left to right with their exact
 KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
---remasking, --threshold, --factor and --cache.
+--remasking, --threshold, --factor, --factor-rule, --cache and LLaDA's two end-of-text switches.
 --gen-len auto (full-attention checkpoints trained with --docs) sizes the canvas as it goes
 (mini_dlm/dynamic.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
 --infill TEXT fills the blanks {N} of a template instead of continuing a prompt (mini_dlm/infill.py,
@@ -34,11 +35,12 @@ from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, 
                           probability, resolve_device, run, set_threads)
 from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.infill import infill_canvas
-from mini_dlm.op_args import REMASKING
+from mini_dlm.op_args import FACTOR_RULES, REMASKING
 from mini_dlm.sampler import CACHES, denoise, finish, generate, generate_ar, stop_at
 from mini_dlm.tokenizer import useful_lengths
 
-SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps", "cfg_scale")
+SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "factor_rule", "cache", "logits_eos_inf",
+            "confidence_eos_eot_inf", "show_steps", "cfg_scale")
 DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold",
           "cfg_scale")
 CONTINUE = ("prompt", "gen_len")  # a run that continues prompts; an infill run has its template instead
@@ -78,8 +80,15 @@ def get_parser():
                    "(the best commit first): p(x0), p1 - p2, -entropy, or at random")
     p.add_argument("--threshold", type=probability, help="Fast-dLLM: commit every guess with confidence >= TAU, "
                    "at least one per step (default: off, LLaDA's schedule)")
-    p.add_argument("--factor", type=positive_float, help="Fast-dLLM's factor rule instead of a fixed threshold "
-                   "(default: off)")
+    p.add_argument("--factor", type=positive_float, metavar="F", help="Fast-dLLM's factor rule instead of a fixed threshold: "
+                   "the guess of rank n passes if its confidence is >= 1 - F / (n + 1) (default: off)")
+    p.add_argument("--factor-rule", choices=FACTOR_RULES, default="fastdllm", help="which ranks --factor commits: "
+                   "fastdllm as Fast-dLLM's code (those before the first that fails, plus that one if it is the first "
+                   "or the last), strict the longest run that passes")
+    p.add_argument("--logits-eos-inf", action="store_true", help="LLaDA's logits_eos_inf: end-of-text is never "
+                   "guessed (its logit is -inf)")
+    p.add_argument("--confidence-eos-eot-inf", action="store_true", help="LLaDA's confidence_eos_eot_inf: "
+                   "end-of-text guesses score -inf, so they commit after the block's others")
     p.add_argument("--cache", choices=CACHES, default="none", help="KV cache: prefix / dual (Fast-dLLM, approximate) "
                    "for full-attention checkpoints, block (exact) for block-diffusion ones; AR checkpoints always use "
                    "their exact one")
@@ -171,9 +180,11 @@ def sampler(args, model, prompts, generator, eot_id, P):
     prompts: lists of ids, or with --infill the template's canvas (B, L)."""
     cfg, kw = model.config, dict(temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
                                  generator=generator)
+    decoding = dict(steps=args.steps, block_len=args.block_len, threshold=args.threshold, factor=args.factor,
+                    factor_rule=args.factor_rule, cache=args.cache, logits_eos_inf=args.logits_eos_inf,
+                    confidence_eos_eot_inf=args.confidence_eos_eot_inf, eot_id=eot_id, **kw)
     if args.infill is not None:
-        return denoise(model, prompts, steps=args.steps, block_len=args.block_len, threshold=args.threshold,
-                       factor=args.factor, cache=args.cache, **kw)
+        return denoise(model, prompts, **decoding)
     if args.gen_len == "auto" and cfg.block_size:  # block diffusion grows block by block up to --max-len
         return stop_at(generate(model, prompts, gen_len=args.max_len, block_len=cfg.block_size,
                                 threshold=args.threshold, cache=args.cache, **kw), eot_id, P)
@@ -183,8 +194,7 @@ def sampler(args, model, prompts, generator, eot_id, P):
         return generate_dynamic(model, prompts, length=length, threshold=args.threshold, eot_id=eot_id, **kw)
     if cfg.objective == "ar":
         return generate_ar(model, prompts, gen_len=args.gen_len, temperature=args.temperature, generator=generator)
-    return generate(model, prompts, gen_len=args.gen_len, steps=args.steps, block_len=args.block_len,
-                    threshold=args.threshold, factor=args.factor, cache=args.cache, **kw)
+    return generate(model, prompts, gen_len=args.gen_len, **decoding)
 
 
 def resolve_lengths(args, cfg, tokenizer):
@@ -194,9 +204,11 @@ def resolve_lengths(args, cfg, tokenizer):
     room = cfg.seq_len - max(len(tokenizer.encode(t)) for t in args.prompt)  # what the context leaves
     blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
     caches = ("none", "block") if blocks else ("none",)
-    if auto and (ar or args.show_steps or args.factor is not None or args.cache not in caches):
+    llada_switches = args.logits_eos_inf or args.confidence_eos_eot_inf
+    if auto and (ar or args.show_steps or args.factor is not None or llada_switches or args.cache not in caches):
         raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
-                         "one); not with an AR model, --show-steps, --factor or --cache prefix/dual")
+                         "one); not with an AR model, --show-steps, --factor, --logits-eos-inf, "
+                         "--confidence-eos-eot-inf or --cache prefix/dual")
     if auto and args.max_len is None:
         args.max_len = room
     if blocks:

@@ -17,7 +17,8 @@ struct UnmaskArgs {
 // Every input of torch.ops.mini_dlm.unmask checked at the boundary (RuntimeError on failure);
 // all tensors must live on the logits' device. Dtype limits of a backend are its own check.
 inline UnmaskArgs check_unmask_args(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& eligible,
-                                    at::IntArrayRef banned, const c10::optional<at::Tensor>& k, double tau,
+                                    at::IntArrayRef banned, at::IntArrayRef demote,
+                                    const c10::optional<at::Tensor>& k, double tau,
                                     double factor, c10::string_view rule, c10::string_view kind,
                                     const c10::optional<at::Tensor>& scores) {
   TORCH_CHECK(logits.dim() == 3, "unmask: logits must be (B, L, V), got ", logits.dim(), " dims");
@@ -33,12 +34,14 @@ inline UnmaskArgs check_unmask_args(const at::Tensor& logits, const at::Tensor& 
               "unmask: logits, tokens and eligible must be on one device");
   TORCH_CHECK(!banned.empty(), "unmask: banned must hold at least the mask token");
   for (int64_t id : banned) TORCH_CHECK(0 <= id && id < V, "unmask: banned id ", id, " outside [0, ", V, ")");
-  const int r = rule == "schedule" ? SCHEDULE : rule == "threshold" ? THRESHOLD : rule == "factor" ? FACTOR : -1;
-  TORCH_CHECK(r >= 0, "unmask: rule must be schedule, threshold or factor");
+  for (int64_t id : demote) TORCH_CHECK(0 <= id && id < V, "unmask: demoted id ", id, " outside [0, ", V, ")");
+  const int r = rule == "schedule" ? SCHEDULE : rule == "threshold" ? THRESHOLD : rule == "factor" ? FACTOR
+              : rule == "factor_strict" ? FACTOR_STRICT : -1;
+  TORCH_CHECK(r >= 0, "unmask: rule must be schedule, threshold, factor or factor_strict, got ", rule);
   TORCH_CHECK(r != SCHEDULE || (k.has_value() && k->dim() == 1 && k->size(0) == B &&
                                 k->scalar_type() == at::kLong && k->device() == dev),
               "unmask: schedule mode needs k of shape (", B, ",) int64 on the logits' device");
-  TORCH_CHECK(r != FACTOR || factor > 0, "unmask: factor must be > 0");
+  TORCH_CHECK((r != FACTOR && r != FACTOR_STRICT) || factor > 0, "unmask: factor must be > 0");
   TORCH_CHECK(!std::isnan(tau), "unmask: tau must be a number");
   const int c = kind == "low_confidence" ? LOW_CONFIDENCE : kind == "margin" ? MARGIN
               : kind == "entropy" ? ENTROPY : kind == "random" ? RANDOM : -1;

@@ -12,11 +12,13 @@
 //      as if their logit were -inf), in float64: max m, the first argmax, the runner-up value,
 //      with a temperature the first argmax of l + T * gumbel(seed, (b L + i) V + v), then
 //      s = sum e^(l - m) and t = sum e^(l - m) (l - m) (see scan_row).
-//      c = e^(l[x0] - m) / s | (1 - e^(l2 - m)) / s | t / s - log s | scores[b, i].
+//      c = e^(l[x0] - m) / s | (1 - e^(l2 - m)) / s | t / s - log s | scores[b, i];
+//      c = -inf if x0 is a demoted id.
 //   2. For every batch row b, in parallel over b: sort its eligible positions by c (high
 //      first, stable: lowest position first on ties), pick the prefix the mode asks for
-//      (schedule: k[b]; threshold: all with c >= tau, at least 1; factor: longest run with
-//      c(n) >= 1 - f / (n + 1), at least 1), write x0 into tokens and clear eligible.
+//      (schedule: k[b]; threshold: all with c >= tau, at least 1; factor / factor_strict:
+//      the run of ranks that pass factor_bound, then factor_commits, unmask.h), write x0 into
+//      tokens and clear eligible.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -85,11 +87,12 @@ bool scan_row(const scalar_t* row, int64_t V, const char* banned, int kind, doub
 }  // namespace
 
 at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& eligible, at::IntArrayRef banned,
-                      const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
+                      at::IntArrayRef demote, const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
                       c10::string_view kind_name, const c10::optional<at::Tensor>& scores, double temperature,
                       int64_t seed) {
   // -- every input checked at the boundary
-  const UnmaskArgs a = check_unmask_args(logits, tokens, eligible, banned, k, tau, factor, rule, kind_name, scores);
+  const UnmaskArgs a =
+      check_unmask_args(logits, tokens, eligible, banned, demote, k, tau, factor, rule, kind_name, scores);
   TORCH_CHECK(logits.device().is_cpu(), "unmask_cpu: logits must be on the CPU");
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "unmask: logits must be floating point, got ",
               logits.scalar_type());
@@ -97,8 +100,9 @@ at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& 
   const int kind = a.kind;
   const bool schedule = a.rule == SCHEDULE, threshold = a.rule == THRESHOLD;
 
-  std::vector<char> is_banned(V, 0);
+  std::vector<char> is_banned(V, 0), is_demoted(V, 0);
   for (int64_t id : banned) is_banned[id] = 1;
+  for (int64_t id : demote) is_demoted[id] = 1;
   const uint64_t key = splitmix64(static_cast<uint64_t>(seed));
   std::vector<int64_t> x0(B * L, 0);
   std::vector<double> conf(B * L, -kInf);
@@ -121,6 +125,7 @@ at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& 
                                 &conf[r]))
           empty_row = true;
         if (kind == RANDOM) conf[r] = sc[r];
+        if (is_demoted[x0[r]]) conf[r] = -kInf;  // committed after every other guess
       }
     });
   });
@@ -146,9 +151,9 @@ at::Tensor unmask_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& 
       } else if (threshold) {
         while (n < n_elig && c[order[n]] >= tau) ++n;  // {c >= tau} is a prefix of the order
         n = std::min(std::max<int64_t>(n, 1), n_elig);
-      } else {
-        n = std::min<int64_t>(1, n_elig);  // c(1) always goes
-        while (n < n_elig && c[order[n]] >= 1.0 - factor / static_cast<double>(n + 2)) ++n;
+      } else {  // factor rules: the ranks that pass, then Fast-dLLM's exceptions
+        while (n < n_elig && c[order[n]] >= factor_bound(a.rule, factor, n)) ++n;
+        n = factor_commits(a.rule, n, n_elig);
       }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t i = order[j];

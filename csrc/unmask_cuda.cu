@@ -27,14 +27,16 @@
 //   x0 and the confidence c: e^(l[x0] - m) / s, (1 - e^(l2 - m)) / s or t / s - log s (exps and
 //   logs in double).
 // Kernel 2, unmask_select: one block per batch row.
-//   Compacts the row's eligible positions (in position order) with a block-wide ballot scan and
-//   finds the best one (highest c, lowest position on ties). Then
+//   Compacts the row's eligible positions (in position order) with a block-wide ballot scan,
+//   their c set to -inf where the guess is a demoted id, and finds the best one (highest c,
+//   lowest position on ties). Then
 //     threshold  commit {c >= tau} and the best one: no sort;
 //     schedule   rank each eligible position: rank = #{q : c_q > c_p, or c_q = c_p and q < p},
 //                counted against tiles of the compacted list in shared memory (O(n^2 / threads):
 //                microseconds for a block of 32 or a canvas of 1024); commit rank < k;
-//     factor     the same ranks; n = the first rank r >= 1 with c < 1 - f / (r + 2) (a block
-//                minimum); commit rank < n.
+//     factor     the same ranks; run = the first rank r with c < factor_bound(r) (a block
+//                minimum; unmask.h), n = factor_commits(run) (Fast-dLLM's exceptions, or none
+//                for factor_strict); commit rank < n.
 //   Writes tokens and eligible in place and the count of the row.
 //
 // Precision. s = 1 + s_rest with the max's own e = 1 kept out of the fp32 sums: a near-certain
@@ -169,11 +171,14 @@ __device__ __forceinline__ RowState shfl_xor(const RowState& a, int o) {
   return b;
 }
 
-__device__ __forceinline__ bool is_banned(const ScanParams& p, int v) {
-  for (int k = 0; k < p.n_banned; ++k)
-    if (p.banned[k] == v) return true;
+// Is v one of the n ids?
+__device__ __forceinline__ bool contains(const int* ids, int n, int64_t v) {
+  for (int k = 0; k < n; ++k)
+    if (ids[k] == v) return true;
   return false;
 }
+
+__device__ __forceinline__ bool is_banned(const ScanParams& p, int v) { return contains(p.banned, p.n_banned, v); }
 
 // The first chunk >= from, among this lane's chunks (c = lane mod 32), that holds a banned id;
 // INT_MAX if none. Chunk c covers logits head + c VEC .. head + c VEC + VEC - 1.
@@ -265,6 +270,8 @@ struct SelectParams {
   const int64_t* k;
   int64_t k_s;
   double tau, factor;
+  int n_demote;
+  int demote[kMaxBannedCuda];  // guesses of these ids score -inf
   double* list_c;  // (B L) scratch: row b's eligible positions, compacted in position order,
   int* list_i;     //   their confidences and positions,
   int* list_rank;  //   and their ranks (0 = best)
@@ -311,7 +318,7 @@ __device__ void rank_all(const double* lc, const int* li, int* lr, int n) {
 }
 
 // grid: B blocks of SELECT_THREADS; block b selects in batch row b.
-__global__ void __launch_bounds__(SELECT_THREADS) unmask_select(const SelectParams p) {
+__global__ void __launch_bounds__(SELECT_THREADS) unmask_select(const __grid_constant__ SelectParams p) {
   __shared__ int red[SELECT_THREADS / 32];
   __shared__ double best_c_w[SELECT_THREADS / 32];
   __shared__ int best_i_w[SELECT_THREADS / 32];
@@ -337,7 +344,8 @@ __global__ void __launch_bounds__(SELECT_THREADS) unmask_select(const SelectPara
       total += red[w];
     }
     if (e) {
-      const double c = p.scores != nullptr ? p.scores[b * p.scores_sb + i * p.scores_si] : p.conf[b * p.L + i];
+      double c = p.scores != nullptr ? p.scores[b * p.scores_sb + i * p.scores_si] : p.conf[b * p.L + i];
+      if (contains(p.demote, p.n_demote, p.x0[b * p.L + i])) c = -CUDART_INF;  // committed after all others
       lc[slot] = c, li[slot] = i;
       if (before(c, i, best_c, best_i)) best_c = c, best_i = i;
     }
@@ -360,12 +368,13 @@ __global__ void __launch_bounds__(SELECT_THREADS) unmask_select(const SelectPara
   if (p.rule == SCHEDULE) {
     n_commit = (int)min(max(p.k[b * p.k_s], (int64_t)0), (int64_t)n);  // k < 0 commits nothing, as on the CPU
     if (0 < n_commit && n_commit < n) rank_all(lc, li, lr, n);        // (all or none needs no ranks)
-  } else if (p.rule == FACTOR) {
+  } else if (p.rule == FACTOR || p.rule == FACTOR_STRICT) {
     rank_all(lc, li, lr, n);
-    int first_fail = n;  // the first rank r >= 1 with c(r) < 1 - f / (r + 2); rank 0 always goes
+    int first_fail = n;  // the first rank below its bound: the ranks before it pass (a run)
     for (int q = threadIdx.x; q < n; q += SELECT_THREADS)
-      if (lr[q] >= 1 && lc[q] < 1.0 - p.factor / (double)(lr[q] + 2)) first_fail = min(first_fail, lr[q]);
-    n_commit = block_reduce(first_fail, red, [](int a, int b) { return min(a, b); });
+      if (lc[q] < factor_bound(p.rule, p.factor, lr[q])) first_fail = min(first_fail, lr[q]);
+    const int run = block_reduce(first_fail, red, [](int a, int b) { return min(a, b); });
+    n_commit = (int)factor_commits(p.rule, run, n);
   }
   int mine = 0;
   for (int q = threadIdx.x; q < n; q += SELECT_THREADS) {
@@ -428,6 +437,8 @@ void unmask_cuda(const UnmaskCudaArgs& a, cudaStream_t stream) {
   q.x0 = x0, q.conf = conf, q.scores = a.kind == RANDOM ? a.scores : nullptr;
   q.scores_sb = a.scores_sb, q.scores_si = a.scores_si;
   q.rule = a.rule, q.k = a.k, q.k_s = a.k_s, q.tau = a.tau, q.factor = a.factor;
+  q.n_demote = a.n_demote;
+  for (int k = 0; k < kMaxBannedCuda; ++k) q.demote[k] = k < a.n_demote ? a.demote[k] : -1;
   q.list_c = list_c, q.list_i = list_i, q.list_rank = list_rank, q.count = a.count;
   unmask_select<<<(unsigned)a.B, SELECT_THREADS, 0, stream>>>(q);
 }

@@ -8,8 +8,9 @@
 
 namespace mini_dlm {
 
-// Banned ids travel inside the kernel arguments (no host-to-device copy per call); more of them
-// go to the PyTorch reference (mini_dlm/ops.py: MAX_BANNED_CUDA must match).
+// Banned ids and demoted ids travel inside the kernel arguments (no host-to-device copy per
+// call), at most this many of each; more go to the PyTorch reference (mini_dlm/ops.py:
+// MAX_BANNED_CUDA must match).
 constexpr int kMaxBannedCuda = 16;
 
 struct UnmaskCudaArgs {
@@ -23,6 +24,8 @@ struct UnmaskCudaArgs {
   int64_t eligible_sb, eligible_si;
   int n_banned;
   int banned[kMaxBannedCuda];  // ascending, distinct
+  int n_demote;
+  int demote[kMaxBannedCuda];  // ascending, distinct: guesses of these ids score -inf
   int kind, rule;              // Kind, Rule (unmask.h)
   const int64_t* k;            // rule SCHEDULE: k[b * k_s]
   int64_t k_s;

@@ -17,22 +17,29 @@
 
 namespace mini_dlm {
 
+// ids ascending and distinct, at most kMaxBannedCuda of them (they travel as kernel arguments).
+static std::vector<int64_t> distinct_ids(at::IntArrayRef list, const char* what) {
+  std::vector<int64_t> ids(list.begin(), list.end());
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  TORCH_CHECK(ids.size() <= static_cast<size_t>(kMaxBannedCuda), "unmask (CUDA): at most ", kMaxBannedCuda, " ",
+              what, " ids (mini_dlm.ops runs the reference for more), got ", ids.size());
+  return ids;
+}
+
 at::Tensor unmask_cuda_op(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& eligible, at::IntArrayRef banned,
-                          const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
+                          at::IntArrayRef demote, const c10::optional<at::Tensor>& k, double tau, double factor, c10::string_view rule,
                           c10::string_view kind_name, const c10::optional<at::Tensor>& scores, double temperature,
                           int64_t seed) {
-  const UnmaskArgs a = check_unmask_args(logits, tokens, eligible, banned, k, tau, factor, rule, kind_name, scores);
+  const UnmaskArgs a =
+      check_unmask_args(logits, tokens, eligible, banned, demote, k, tau, factor, rule, kind_name, scores);
   TORCH_CHECK(logits.is_cuda(), "unmask (CUDA): logits must be on a CUDA device");
   const auto dt = logits.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
               "unmask (CUDA): logits must be float32, bfloat16 or float16 (mini_dlm.ops runs the reference for "
               "float64), got ", dt);
   TORCH_CHECK(a.V < INT_MAX && a.L < INT_MAX, "unmask (CUDA): L and V must be below 2^31");
-  std::vector<int64_t> ids(banned.begin(), banned.end());
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  TORCH_CHECK(ids.size() <= static_cast<size_t>(kMaxBannedCuda), "unmask (CUDA): at most ", kMaxBannedCuda,
-              " banned ids (mini_dlm.ops runs the reference for more), got ", ids.size());
+  const std::vector<int64_t> ids = distinct_ids(banned, "banned"), demoted = distinct_ids(demote, "demoted");
 
   const c10::cuda::CUDAGuard guard(logits.device());
   UnmaskCudaArgs c{};
@@ -43,6 +50,8 @@ at::Tensor unmask_cuda_op(const at::Tensor& logits, at::Tensor& tokens, at::Tens
   c.eligible = eligible.data_ptr<bool>(), c.eligible_sb = eligible.stride(0), c.eligible_si = eligible.stride(1);
   c.n_banned = static_cast<int>(ids.size());
   for (size_t j = 0; j < ids.size(); ++j) c.banned[j] = static_cast<int>(ids[j]);
+  c.n_demote = static_cast<int>(demoted.size());
+  for (size_t j = 0; j < demoted.size(); ++j) c.demote[j] = static_cast<int>(demoted[j]);
   c.kind = a.kind, c.rule = a.rule;
   if (a.rule == SCHEDULE) c.k = k->data_ptr<int64_t>(), c.k_s = k->stride(0);
   c.tau = tau, c.factor = factor;

@@ -33,7 +33,7 @@ import torch
 from mini_dlm.guidance import check_cfg_scale, guide, with_unconditional
 from mini_dlm.op_args import check_remasking
 from mini_dlm.ops import confidence, unmask
-from mini_dlm.sampler import Step, canvas_attention, canvas_positions, make_canvas, step_noise
+from mini_dlm.sampler import Step, canvas_attention, canvas_positions, end_of_text, make_canvas, step_noise
 
 
 @dataclass
@@ -170,7 +170,7 @@ def generate_dynamic(model, prompts, *, length=Daedal(), threshold=0.9, temperat
     check_dynamic(model, threshold, remasking)
     check_cfg_scale(cfg_scale)
     x, pad = make_canvas(prompts, length.max_len, model)  # checks that prompt + max_len fits the context
-    P, eot = x.shape[1] - length.max_len, model.config.mask_id - 1 if eot_id is None else eot_id
+    P, eot = x.shape[1] - length.max_len, end_of_text(model, eot_id)
     x, g, logits, passes = grow_canvas(model, x, pad, P, length, eot, cfg_scale)
     yield from denoise_with_insertions(model, x, pad, P, g, logits, passes, length, eot, threshold, temperature,
                                        remasking, generator, cfg_scale)

@@ -9,11 +9,20 @@ import math
 import torch
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")  # how unmask scores its guesses
+FACTOR_RULES = ("fastdllm", "strict")  # Fast-dLLM's factor rule as its code does it, or as the paper writes it
 
 
 def check_remasking(remasking):
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+
+
+def check_factor(factor, factor_rule):
+    """factor: None (off) or > 0; factor_rule: one of FACTOR_RULES."""
+    if factor is not None and not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    if factor_rule not in FACTOR_RULES:
+        raise ValueError(f"factor_rule must be one of {FACTOR_RULES}, got {factor_rule!r}")
 
 
 def _host_checkable(t):
@@ -24,7 +33,7 @@ def _host_checkable(t):
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def check_unmask(logits, tokens, eligible, k, threshold, factor, remasking, scores, banned):
+def check_unmask(logits, tokens, eligible, k, threshold, factor, factor_rule, remasking, scores, banned, demote):
     if logits.dim() != 3 or logits.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"logits must be (B, L, V) float32/bfloat16/float16/float64, got {tuple(logits.shape)} {logits.dtype}")
     B, L, V = logits.shape
@@ -38,13 +47,14 @@ def check_unmask(logits, tokens, eligible, k, threshold, factor, remasking, scor
         raise ValueError(f"k must be ({B},) int64 and >= 0")
     if threshold is not None and math.isnan(threshold):
         raise ValueError("threshold must be a number")
-    if factor is not None and not factor > 0:
-        raise ValueError(f"factor must be > 0, got {factor}")
+    check_factor(factor, factor_rule)
     check_remasking(remasking)
     if remasking == "random" and (scores is None or scores.shape != (B, L)):
         raise ValueError(f"remasking='random' needs scores of shape ({B}, {L})")
     if len(banned) == 0 or min(banned) < 0 or max(banned) >= V:
         raise ValueError(f"banned must hold at least the mask token, ids in [0, {V}), got {list(banned)}")
+    if len(demote) and (min(demote) < 0 or max(demote) >= V):
+        raise ValueError(f"demote must hold ids in [0, {V}), got {list(demote)}")
 
 
 def check_attention(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix):

@@ -22,7 +22,8 @@ from mini_dlm.gumbel import sample_x0, signed64
 from mini_dlm.op_args import check_attention, check_unmask
 
 CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims the CUDA attention kernels are compiled for
-MAX_BANNED_CUDA = 16  # banned ids the CUDA unmask takes (they travel as kernel arguments)
+MAX_BANNED_CUDA = 16  # banned ids, and demoted ids, the CUDA unmask takes (they travel as kernel arguments)
+OP_RULES = {"fastdllm": "factor", "strict": "factor_strict"}  # factor_rule -> the op's rule name
 
 
 def _rows(t):
@@ -33,26 +34,27 @@ def _rows(t):
 
 # ---- unmask -------------------------------------------------------------------------------
 
-def unmask(logits, tokens, eligible, *, k=None, threshold=None, factor=None, remasking="low_confidence",
-           scores=None, temperature=0.0, seed=0, banned=()):
+def unmask(logits, tokens, eligible, *, k=None, threshold=None, factor=None, factor_rule="fastdllm",
+           remasking="low_confidence", scores=None, temperature=0.0, seed=0, banned=(), demote=()):
     """Check the arguments (ValueError), then run the compiled op or unmask_reference (the spec)."""
-    check_unmask(logits, tokens, eligible, k, threshold, factor, remasking, scores, banned)
-    cuda_takes = logits.dtype != torch.float64 and len(banned) <= MAX_BANNED_CUDA  # else: the reference
+    check_unmask(logits, tokens, eligible, k, threshold, factor, factor_rule, remasking, scores, banned, demote)
+    cuda_takes = logits.dtype != torch.float64 and max(len(banned), len(demote)) <= MAX_BANNED_CUDA  # else: the reference
     ext = use_ext("unmask", logits.device) and (logits.device.type != "cuda" or cuda_takes)
     record("unmask", ext)
     if not ext:
-        return unmask_reference(logits, tokens, eligible, k=k, threshold=threshold, factor=factor, remasking=remasking,
-                                scores=scores, temperature=temperature, seed=seed, banned=banned)
-    rule = "schedule" if k is not None else "threshold" if threshold is not None else "factor"
+        return unmask_reference(logits, tokens, eligible, k=k, threshold=threshold, factor=factor,
+                                factor_rule=factor_rule, remasking=remasking, scores=scores, temperature=temperature,
+                                seed=seed, banned=banned, demote=demote)
+    rule = "schedule" if k is not None else "threshold" if threshold is not None else OP_RULES[factor_rule]
     scores = scores.double() if remasking == "random" else None
-    return torch.ops.mini_dlm.unmask(_rows(logits), tokens, eligible, [int(b) for b in banned], k,
-                                     float(threshold or 0.0), float(factor or 0.0), rule, remasking, scores,
-                                     float(temperature), signed64(int(seed)))
+    return torch.ops.mini_dlm.unmask(_rows(logits), tokens, eligible, [int(b) for b in banned],
+                                     [int(d) for d in demote], k, float(threshold or 0.0), float(factor or 0.0), rule,
+                                     remasking, scores, float(temperature), signed64(int(seed)))
 
 
 if HAS_EXT:
     @torch.library.register_fake("mini_dlm::unmask")
-    def _unmask_fake(logits, tokens, eligible, banned, k, tau, factor, rule, kind, scores, temperature, seed):
+    def _unmask_fake(logits, tokens, eligible, banned, demote, k, tau, factor, rule, kind, scores, temperature, seed):
         return logits.new_empty((logits.shape[0],), dtype=torch.long)  # tokens, eligible: in place
 
 
@@ -75,49 +77,67 @@ def confidence(logits, x0, remasking):
     return torch.where(e > 0, e * z, torch.zeros_like(e)).sum(dim=-1) / s - s.log()
 
 
-def descending_rank(c):
-    """c (B, L) -> int64 (B, L): 0 for each row's highest score, 1 for the next, ...;
-    equal scores rank by position, lowest first (a stable sort)."""
-    order = torch.sort(c, dim=1, descending=True, stable=True).indices  # (B, L)
+def descending_rank(c, eligible=None):
+    """c (B, L) -> int64 (B, L): 0 for each row's highest score, 1 for the next, ...; equal
+    scores rank by position, lowest first (a stable sort). With eligible (B, L) bool, the
+    eligible positions rank before all others, whatever their scores (a demoted guess scores
+    -inf, as an ineligible position does)."""
+    order = torch.sort(c, dim=1, descending=True, stable=True).indices  # (B, L): best first
+    if eligible is not None:  # then the eligible ones first, in that order
+        order = order.gather(1, torch.sort((~eligible).gather(1, order).byte(), dim=1, stable=True).indices)
     return torch.argsort(order, dim=1)  # the inverse permutation: rank of each position
 
 
-def factor_count(c_sorted, n_eligible, factor):
-    """Fast-dLLM's factor rule on each row's eligible scores sorted high to low, c(1) >= c(2) >= ...:
-    the longest prefix n with c(j) >= 1 - factor / (j + 1) for every j <= n, and at least 1.
-    (Fast-dLLM's code differs in one case: when only the last eligible position fails, it
-    commits that one too.) c_sorted (B, L), n_eligible (B,) -> (B,) int64."""
-    j = torch.arange(1, c_sorted.shape[1] + 1, device=c_sorted.device, dtype=torch.float64)  # 1-based
-    ok = (c_sorted >= 1 - factor / (j + 1)) & (j <= n_eligible[:, None])  # (B, L)
-    ok[:, :1] = (n_eligible > 0)[:, None]  # c(1) always goes
-    return ok.long().cumprod(dim=1).sum(dim=1)
+def factor_count(c_sorted, n_eligible, factor, factor_rule="fastdllm"):
+    """Fast-dLLM's factor rule: how many of each row's best positions commit. c_sorted (B, L):
+    the row's eligible scores high to low, c(1) >= c(2) >= ... >= c(N), then anything;
+    n_eligible (B,): N -> (B,) int64.
+    Rank n passes when c(n) >= 1 - factor / (n + 1), except rank 1, whose bound is -1 in
+    Fast-dLLM's code ("at least one token") and -inf in the strict rule. With `run` the ranks
+    that pass before the first that fails (N if none fails):
+      strict    commit run: the longest best-first run that passes (at least c(1))
+      fastdllm  Fast-dLLM's code: commit run, but one more when the first failing rank is
+                rank 1 or the last rank N (so with N = 2 both go, for scores >= -1)."""
+    n = torch.arange(1, c_sorted.shape[1] + 1, device=c_sorted.device, dtype=torch.float64)  # ranks, 1-based
+    first_bound = -1.0 if factor_rule == "fastdllm" else float("-inf")
+    bound = torch.where(n == 1, first_bound, 1 - factor / (n + 1))  # (L,)
+    passes = (c_sorted >= bound) & (n <= n_eligible[:, None])  # (B, L)
+    run = passes.long().cumprod(dim=1).sum(dim=1)  # (B,) in [0, N]
+    if factor_rule == "strict":
+        return run
+    return run + ((run < n_eligible) & ((run == 0) | (run == n_eligible - 1))).long()
 
 
 @torch.no_grad()
-def unmask_reference(logits, tokens, eligible, *, k=None, threshold=None, factor=None, remasking="low_confidence",
-                     scores=None, temperature=0.0, seed=0, banned=()):
+def unmask_reference(logits, tokens, eligible, *, k=None, threshold=None, factor=None, factor_rule="fastdllm",
+                     remasking="low_confidence", scores=None, temperature=0.0, seed=0, banned=(), demote=()):
     """One denoising step's decision, in place; returns the count committed per row (B,) int64.
     logits (B, L, V): the model's output; tokens (B, L) int64: the canvas; eligible (B, L) bool:
     the positions that may commit (masked, in the current block), cleared where they do.
     The rule, exactly one of: k (B,) int64, LLaDA's schedule: the k[b] best of row b (all if
-    fewer); threshold, Fast-dLLM: every c >= threshold, and the best; factor > 0: factor_count.
+    fewer); threshold, Fast-dLLM: every c >= threshold, and the best; factor > 0: factor_count
+    under factor_rule ("fastdllm" or "strict").
     remasking scores a guess: low_confidence | margin | entropy (confidence()), or random
     (c = scores (B, L), drawn by the caller). x0 = argmax(l + T * Gumbel) (mini_dlm/gumbel.py,
-    seed); banned ids (the mask token at least) count as -inf in the argmax and the softmax.
-    "Best" is the highest c; equal c go to the lowest position, equal logits to the lowest id."""
-    lg = logits.double().index_fill(-1, torch.tensor(list(banned), device=logits.device), float("-inf"))
+    seed); banned ids (the mask token at least) count as -inf in the argmax and the softmax;
+    a guess that is one of the demote ids scores c = -inf, so it commits after every other
+    (LLaDA's confidence_eos_eot_inf). "Best" is the highest c; equal c go to the lowest
+    position, equal logits to the lowest id."""
+    ids = lambda t: torch.tensor(list(t), dtype=torch.long, device=logits.device)  # noqa: E731
+    lg = logits.double().index_fill(-1, ids(banned), float("-inf"))
     if (lg.amax(dim=-1) == float("-inf"))[eligible].any():
         raise ValueError("an eligible position has no finite logit outside the banned ids")
     x0 = sample_x0(lg, temperature, seed)  # (B, L) the guesses
     c = scores.double() if remasking == "random" else confidence(lg, x0, remasking)  # (B, L)
-    c = c.masked_fill(~eligible, float("-inf"))  # ineligible positions rank last
-    rank = descending_rank(c)  # (B, L): 0 = the row's best position
+    c = c.masked_fill(torch.isin(x0, ids(demote)) | ~eligible, float("-inf"))  # demoted and ineligible: last
+    rank = descending_rank(c, eligible)  # (B, L): 0 = the row's best eligible position
     if k is not None:
         commit = rank < k[:, None]
     elif threshold is not None:
         commit = (c >= threshold) | (rank == 0)
     else:
-        commit = rank < factor_count(c.sort(dim=1, descending=True).values, eligible.sum(dim=1), factor)[:, None]
+        n_commit = factor_count(c.sort(dim=1, descending=True).values, eligible.sum(dim=1), factor, factor_rule)
+        commit = rank < n_commit[:, None]
     commit &= eligible
     tokens.copy_(torch.where(commit, x0, tokens))
     eligible &= ~commit

@@ -14,11 +14,15 @@ A step, for the current block (mini_dlm/ops.py: unmask does everything after the
   logits = f(x)                          one forward pass (only over the block with a cache)
   x0     = argmax(logits + T * Gumbel)   the model's guess (T = 0: argmax)
   c      = confidence of x0              low_confidence | margin | entropy | random
-  commit, among the block's masked positions:
+  commit, among the block's masked positions, best first (c(1) >= c(2) >= ...):
     schedule  (LLaDA)      the k_i best, k_i from the schedule below
     threshold (Fast-dLLM)  {c >= tau} plus the best one
-    factor    (Fast-dLLM)  the longest best-first run with c(n) >= 1 - f / (n + 1), at least one
-Committed tokens never change again.
+    factor    (Fast-dLLM)  rank n passes if c(n) >= 1 - f / (n + 1); factor_rule picks
+       "fastdllm" (default)  as Fast-dLLM's code: the ranks before the first that fails, plus
+                             that one if it is rank 1 or the last rank (two masks left: both go)
+       "strict"              the longest run that passes, at least c(1)
+Committed tokens never change again. LLaDA's two end-of-text switches: logits_eos_inf bans
+end-of-text from the guesses, confidence_eos_eot_inf scores its guesses -inf (they go last).
 
 Schedule. Block j, holding n_j masks, gets s_j = ceil(steps * n_j / sum(n)) steps (for
 [prompt, M * gen_len], steps / n_blocks); step i commits k_i = floor(n_j / s_j) + (1 if
@@ -50,7 +54,7 @@ from mini_dlm.gumbel import draw_seed, sample_x0
 from mini_dlm.guidance import Guided, check_cfg_scale
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import block_causal
-from mini_dlm.op_args import check_remasking
+from mini_dlm.op_args import check_factor, check_remasking
 from mini_dlm.ops import unmask
 
 PAD_ID = 0  # what fills pad columns; they are never attended to, so any id but M would do
@@ -244,14 +248,14 @@ def steps_per_block(n, steps):
     return [-(-steps * n_j // total) for n_j in n]
 
 
-def commit_rule(k_i, eligible, last, threshold, factor):
+def commit_rule(k_i, eligible, last, threshold, factor, factor_rule):
     """unmask's rule for one step: LLaDA's schedule (k_i (B,)), or Fast-dLLM's threshold or
-    factor, whose last allowed pass (the steps cap) commits whatever is left."""
+    factor (under factor_rule), whose last allowed pass (the steps cap) commits whatever is left."""
     if threshold is None and factor is None:
         return {"k": k_i}
     if last:
         return {"k": eligible.sum(dim=1)}
-    return {"threshold": threshold} if threshold is not None else {"factor": factor}
+    return {"threshold": threshold} if threshold is not None else {"factor": factor, "factor_rule": factor_rule}
 
 
 def step_noise(remasking, temperature, generator, eligible):
@@ -272,32 +276,45 @@ def strategy(cache, model, x, pad, start, block_len, cfg_scale):
     return CACHES[cache](model, x, pad, start, block_len)
 
 
+def end_of_text(model, eot_id=None):
+    """The end-of-text id: eot_id, or by default the id just below the mask token (as in
+    mini_dlm's tokenizer). ValueError unless it is a token id other than the mask token."""
+    cfg = model.config
+    eot = cfg.mask_id - 1 if eot_id is None else eot_id
+    if not 0 <= eot < cfg.vocab_size or eot == cfg.mask_id:
+        raise ValueError(f"eot_id must be a token id in [0, {cfg.vocab_size}) other than the mask token, got {eot}")
+    return eot
+
+
 @torch.no_grad()
-def generate(model, prompts, *, gen_len=128, steps=None, block_len=32, temperature=0.0, remasking="low_confidence",
-             threshold=None, factor=None, cache="none", cfg_scale=0.0, generator=None):
+def generate(model, prompts, *, gen_len=128, steps=None, block_len=32, **options):
     """Denoise [prompt, M * gen_len] block by block, yielding a Step after every step (see the
-    module docstring). prompts: as for make_canvas. steps: default gen_len. The rest: as for
-    denoise, which runs the canvas."""
+    module docstring). prompts: as for make_canvas. steps: default gen_len. options (temperature,
+    remasking, threshold, factor, ...): as for denoise, which runs the canvas."""
     steps = steps or gen_len
-    check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)  # first, as denoise does
     check_schedule(gen_len, steps, block_len)
     x, pad = make_canvas(prompts, gen_len, model)  # (B, L), (B,)
-    yield from denoise(model, x, pad, steps=steps, block_len=block_len, temperature=temperature, remasking=remasking,
-                       threshold=threshold, factor=factor, cache=cache, cfg_scale=cfg_scale, generator=generator)
+    yield from denoise(model, x, pad, steps=steps, block_len=block_len, **options)
 
 
 @torch.no_grad()
 def denoise(model, x, pad=None, *, steps=None, block_len=32, temperature=0.0, remasking="low_confidence",
-            threshold=None, factor=None, cache="none", cfg_scale=0.0, generator=None):
+            threshold=None, factor=None, factor_rule="fastdllm", cache="none", cfg_scale=0.0, generator=None,
+            logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None):
     """Fill every mask of the canvas x (B, L) (a copy, on the model's device; pad (B,): its
     left-pad columns, default none), yielding a Step after every step. The blocks (block_spans)
     run left to right from the first masked column; only masked positions are eligible, every
     other token stays as it is. steps: the total, default the number of masks (one per step),
     shared by the blocks in proportion to their masks, rounded up (steps_per_block). threshold / factor:
-    Fast-dLLM's rules instead of the schedule. cfg_scale: classifier-free guidance
-    (mini_dlm/guidance.py). generator: draws the Gumbel seeds and the random remasking scores."""
-    check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale)
+    Fast-dLLM's rules instead of the schedule; factor_rule: "fastdllm" (its code) or "strict".
+    cfg_scale: classifier-free guidance (mini_dlm/guidance.py). generator: draws the Gumbel seeds
+    and the random remasking scores. LLaDA's switches, for the end-of-text id (end_of_text(model,
+    eot_id)): logits_eos_inf bans it from the guesses; confidence_eos_eot_inf scores a guess of
+    it -inf, so it commits after the block's others."""
+    check_options(model, block_len, remasking, threshold, factor, factor_rule, cache, cfg_scale)
     device, M, L = next(model.parameters()).device, model.config.mask_id, x.shape[1]
+    eot = end_of_text(model, eot_id)
+    banned, demote = ([M, eot] if logits_eos_inf else [M]), ([eot] if confidence_eos_eot_inf else [])
     x = x.to(device, copy=True)
     pad = torch.zeros(x.shape[0], dtype=torch.long, device=device) if pad is None else pad.to(device)
     spans = check_canvas(model, x, block_len)
@@ -312,9 +329,9 @@ def denoise(model, x, pad=None, *, steps=None, block_len=32, temperature=0.0, re
                 break  # threshold / factor finished the block early
             logits = blocks.logits(x, lo, hi, i)  # (B, hi - lo, V): one forward pass
             before = eligible.clone()
-            unmask(logits, x[:, lo:hi], eligible, **commit_rule(k[:, i], eligible, i == s - 1, threshold, factor),
-                   remasking=remasking, temperature=temperature, banned=[M],
-                   **step_noise(remasking, temperature, generator, eligible))  # guess, score, commit: in place
+            rule = commit_rule(k[:, i], eligible, i == s - 1, threshold, factor, factor_rule)
+            unmask(logits, x[:, lo:hi], eligible, **rule, remasking=remasking, temperature=temperature, banned=banned,
+                   demote=demote, **step_noise(remasking, temperature, generator, eligible))  # guess, score, commit
             yield Step(x, F.pad(before & ~eligible, (lo, L - hi)), j, blocks.passes, pad, hi, not eligible.any())
         if j < len(spans) - 1:  # the last block: nothing reads its keys/values
             blocks.block_done(x, lo, hi)
@@ -350,7 +367,7 @@ def check_steps(steps, n_masks):
     return steps
 
 
-def check_options(model, block_len, remasking, threshold, factor, cache, cfg_scale):
+def check_options(model, block_len, remasking, threshold, factor, factor_rule, cache, cfg_scale):
     """ValueError unless the sampler's options fit each other and the model."""
     cfg = model.config
     if cfg.objective != "mdm":
@@ -363,8 +380,7 @@ def check_options(model, block_len, remasking, threshold, factor, cache, cfg_sca
         raise ValueError(f"cache must be one of {tuple(CACHES)}, got {cache!r}")
     if threshold is not None and factor is not None:
         raise ValueError("give --threshold or --factor, not both")
-    if factor is not None and not factor > 0:
-        raise ValueError(f"--factor must be > 0, got {factor}")
+    check_factor(factor, factor_rule)
     if cfg.block_size and block_len != cfg.block_size:
         raise ValueError(f"this block-diffusion checkpoint was trained with blocks of {cfg.block_size}: use --block-len {cfg.block_size}")
     if cfg.block_size and cache in ("prefix", "dual"):

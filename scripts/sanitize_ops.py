@@ -30,8 +30,9 @@ B, L, V = 2, 24, 1001
 for dtype in (torch.float32, torch.bfloat16, torch.float16):
     flat = (torch.randn(B * L * V + 1) * 3).to(dtype)
     logits = flat[1:].view(B, L, V)  # unaligned rows
-    for remasking, mode, temperature in itertools.product(REMASKING, ({"k": torch.tensor([3, 30])}, {"threshold": 0.4},
-                                                                 {"factor": 1.5}), (0.0, 0.7)):
+    modes = ({"k": torch.tensor([3, 30])}, {"threshold": 0.4}, {"factor": 1.5},
+             {"factor": 1.5, "factor_rule": "strict", "demote": [3]})
+    for remasking, mode, temperature in itertools.product(REMASKING, modes, (0.0, 0.7)):
         eligible = torch.rand(B, L) < 0.6
         tokens = torch.full((B, L), V - 1)
         scores = torch.rand(B, L, dtype=torch.float64)

@@ -172,6 +172,8 @@ def test_resume_without_checkpoint(tmp_path, capsys, corpus_file):
     (["--gen-len", "8", "--block-len", "8", "--cache", "block"], "needs a block-diffusion checkpoint"),
     (["--gen-len", "8", "--block-len", "8", "--threshold", "0.9", "--factor", "1"], "not both"),
     (["--factor", "0"], "> 0"),
+    (["--factor", "1", "--factor-rule", "paper"], "--factor-rule: invalid choice: 'paper'"),
+    (["--gen-len", "auto", "--confidence-eos-eot-inf"], "not with an AR model, --show-steps, --factor, --logits-eos-inf"),
     (["--threshold", "nan"], "--threshold: must be a probability in [0, 1], got nan"),
     (["--threshold", "1.5"], "--threshold: must be a probability in [0, 1]"),
     (["--threshold", "-1"], "--threshold: must be a probability in [0, 1]"),
@@ -265,7 +267,8 @@ def printed_config(out):
     return {k.strip(): v for k, v in rows}
 
 
-SCHEDULE_FLAGS = {"steps", "block_len", "remasking", "threshold", "factor", "cache", "show_steps", "cfg_scale"}
+SCHEDULE_FLAGS = {"steps", "block_len", "remasking", "threshold", "factor", "factor_rule", "cache", "logits_eos_inf",
+                  "confidence_eos_eot_inf", "show_steps", "cfg_scale"}
 CONTINUE = {"prompt", "gen_len"}
 MODE_FLAGS = {  # sample.py's flags that one mode uses and another ignores
     "diffusion": CONTINUE | SCHEDULE_FLAGS,
@@ -338,7 +341,9 @@ def test_ar_checkpoints_refuse_infill_and_guidance(trained_ar, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--threshold", "0.9", "--cache", "dual"], ["--factor", "1.0", "--cache", "prefix"],
-                                   ["--remasking", "margin", "--threshold", "0.5"], ["--remasking", "entropy"]])
+                                   ["--factor", "2.0", "--factor-rule", "strict"],
+                                   ["--remasking", "margin", "--threshold", "0.5"], ["--remasking", "entropy"],
+                                   ["--threshold", "0.5", "--logits-eos-inf", "--confidence-eos-eot-inf"]])
 def test_fast_sampling_flags(trained, capsys, flags):
     sample.main(["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cpu", "--gen-len", "16",
                  "--block-len", "8", "--show-steps"] + flags)

@@ -21,11 +21,11 @@ NO_CUDA = "no GPU, or mini_dlm._C built without its CUDA kernels"
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason=NO_CUDA))]
 
 
-def ext_unmask(logits, tokens, eligible, banned, k=None, threshold=None, factor=None, remasking="low_confidence",
-               scores=None, temperature=0.0, seed=0):
-    rule = "schedule" if k is not None else "threshold" if threshold is not None else "factor"
-    return torch.ops.mini_dlm.unmask(logits, tokens, eligible, banned, k, threshold or 0.0, factor or 0.0, rule, remasking,
-                                     scores, temperature, seed)
+def ext_unmask(logits, tokens, eligible, banned, k=None, threshold=None, factor=None, factor_rule="fastdllm",
+               remasking="low_confidence", scores=None, temperature=0.0, seed=0, demote=()):
+    rule = "schedule" if k is not None else "threshold" if threshold is not None else ops.OP_RULES[factor_rule]
+    return torch.ops.mini_dlm.unmask(logits, tokens, eligible, banned, list(demote), k, threshold or 0.0, factor or 0.0,
+                                     rule, remasking, scores, temperature, seed)
 
 
 def case(seed, B, L, V, dtype, p_eligible):
@@ -47,12 +47,14 @@ SHAPES = [(1, 1, 2), (2, 1, 13), (3, 7, 13), (2, 33, 257), (4, 16, 1001), (1, 64
 def fuzz_unmask(B, L, V, dtype, device):
     """The compiled op on `device` against the reference on the CPU, for every remasking x rule x
     eligibility x temperature (not a diagonal through them); tokens are a view into a wider
-    canvas, and nothing outside the view may change."""
+    canvas, and nothing outside the view may change. Two trials in five (5 is prime to every
+    axis of the product) demote the most frequent argmax guess."""
     for trial, (remasking, rule, p, temperature) in enumerate(itertools.product(
-            REMASKING, range(3), [1.0, 0.0, 0.5], [0.0, 0.8])):  # p: all, none or some eligible
+            REMASKING, range(4), [1.0, 0.0, 0.5], [0.0, 0.8])):  # p: all, none or some eligible
         logits, tokens, eligible, scores = case(trial, B, L, V, dtype, p)
         mode = [{"k": torch.randint(0, L + 2, (B,))}, {"threshold": [0.2, 0.9, 1.0, -2.0][trial % 4]},
-                {"factor": 1.0 + trial % 3}][rule]
+                {"factor": 1.0 + trial % 3}, {"factor": 1.0 + trial % 3, "factor_rule": "strict"}][rule]
+        mode["demote"] = [int(logits.argmax(-1).flatten().mode().values)] if trial % 5 < 2 else []
         t1, e1 = tokens.clone(), eligible.clone()
         n1 = ops.unmask_reference(logits, t1, e1, remasking=remasking, scores=scores, temperature=temperature, seed=trial,
                                   banned=[V - 1], **mode)
@@ -157,9 +159,10 @@ def test_public_unmask_dispatches_and_the_switch_forces_the_reference():
 
 def test_unmask_opcheck():
     logits, tokens, eligible, scores = case(1, 2, 9, 17, torch.float32, 0.6)
-    for args in ([[16], torch.tensor([2, 3]), 0.0, 0.0, "schedule", "low_confidence", None, 0.0, 0],
-                 [[16, 3], None, 0.5, 0.0, "threshold", "margin", None, 0.7, 5],
-                 [[16], None, 0.0, 1.5, "factor", "random", scores, 0.0, 1]):
+    for args in ([[16], [], torch.tensor([2, 3]), 0.0, 0.0, "schedule", "low_confidence", None, 0.0, 0],
+                 [[16, 3], [5], None, 0.5, 0.0, "threshold", "margin", None, 0.7, 5],
+                 [[16], [], None, 0.0, 1.5, "factor", "random", scores, 0.0, 1],
+                 [[16], [2, 9], None, 0.0, 2.5, "factor_strict", "low_confidence", None, 0.0, 0]):
         torch.library.opcheck(torch.ops.mini_dlm.unmask.default, (logits, tokens.clone(), eligible.clone(), *args))
 
 
@@ -168,7 +171,9 @@ def test_unmask_opcheck():
     (lambda a: a.update(eligible=a["eligible"][:, :3]), "eligible must be"),
     (lambda a: a.update(banned=[]), "banned"),
     (lambda a: a.update(banned=[99]), "outside"),
+    (lambda a: a.update(demote=[-1]), "demoted id -1 outside"),
     (lambda a: a.update(rule="topk"), "rule"),
+    (lambda a: a.update(rule="factor_strict"), "factor must be > 0"),
     (lambda a: a.update(remasking="greedy"), "kind"),
     (lambda a: a.update(k=None), "schedule mode needs k"),
     (lambda a: a.update(logits=a["logits"].transpose(1, 2).contiguous().transpose(1, 2)), "contiguous in V"),
@@ -176,7 +181,7 @@ def test_unmask_opcheck():
 ])
 def test_unmask_bad_inputs_raise_runtime_error(change, match):
     logits, tokens, eligible, _ = case(2, 2, 5, 7, torch.float32, 0.5)
-    a = dict(logits=logits, tokens=tokens.clone(), eligible=eligible.clone(), banned=[6], k=torch.tensor([1, 1]),
+    a = dict(logits=logits, tokens=tokens.clone(), eligible=eligible.clone(), banned=[6], demote=[], k=torch.tensor([1, 1]),
              threshold=0.0, factor=0.0, rule="schedule", remasking="low_confidence", scores=None, temperature=0.0, seed=0)
     change(a)
     with pytest.raises(RuntimeError, match=match):
@@ -203,7 +208,7 @@ def test_public_unmask_accepts_what_the_reference_accepts():
 def test_torch_compile_fullgraph_traces_the_op():
     """register_fake (mini_dlm/ops.py) lets torch.compile trace through the in-place op."""
     def step(logits, tokens, eligible):
-        return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [12], None, 0.3, 0.0, "threshold",
+        return torch.ops.mini_dlm.unmask(logits, tokens, eligible, [12], [], None, 0.3, 0.0, "threshold",
                                          "low_confidence", None, 0.0, 0)
 
     logits, tokens, eligible, _ = case(5, 2, 8, 13, torch.float32, 0.5)

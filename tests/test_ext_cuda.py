@@ -36,9 +36,10 @@ def test_unmask_cuda_matches_reference_at_large_vocabularies(B, L, V, dtype):
 
 def test_unmask_cuda_opcheck():
     logits, tokens, eligible, scores = case(1, 2, 9, 17, torch.float32, 0.6)
-    for args in ([[16], torch.tensor([2, 3]).cuda(), 0.0, 0.0, "schedule", "low_confidence", None, 0.0, 0],
-                 [[16, 3], None, 0.5, 0.0, "threshold", "margin", None, 0.7, 5],
-                 [[16], None, 0.0, 1.5, "factor", "random", scores.cuda(), 0.0, 1]):
+    for args in ([[16], [], torch.tensor([2, 3]).cuda(), 0.0, 0.0, "schedule", "low_confidence", None, 0.0, 0],
+                 [[16, 3], [5], None, 0.5, 0.0, "threshold", "margin", None, 0.7, 5],
+                 [[16], [], None, 0.0, 1.5, "factor", "random", scores.cuda(), 0.0, 1],
+                 [[16], [2, 9], None, 0.0, 2.5, "factor_strict", "low_confidence", None, 0.0, 0]):
         torch.library.opcheck(torch.ops.mini_dlm.unmask.default, (logits.cuda(), tokens.cuda(), eligible.cuda(), *args))
 
 
@@ -109,7 +110,7 @@ def test_an_eligible_row_with_nothing_allowed_is_a_device_side_assert():
                    "logits[0, 0, 2] = 1.0\n"
                    "tokens = torch.full((1, 3), 7, device='cuda')\n"
                    "eligible = torch.ones(1, 3, dtype=torch.bool, device='cuda')\n"
-                   "torch.ops.mini_dlm.unmask(logits, tokens, eligible, [7], None, 0.5, 0.0, 'threshold', "
+                   "torch.ops.mini_dlm.unmask(logits, tokens, eligible, [7], [], None, 0.5, 0.0, 'threshold', "
                    "'low_confidence', None, 0.0, 0)\n"
                    "torch.cuda.synchronize()\n")
     assert r.returncode != 0 and "no finite logit outside the banned ids" in r.stdout + r.stderr, r.stdout + r.stderr

@@ -1,10 +1,11 @@
 """Fast-dLLM parallel decoding, KV caches, block diffusion and batching.
     python -m pytest -q tests/test_fast_sampling.py
 
-fastdllm_oracle is a naive transcription of Fast-dLLM's generate(threshold=tau) (no cache):
-a full forward per step, confidences from a float64 softmax over the whole canvas, -inf after
-the block end, per row the best position always and the others if c >= tau, until the block
-has no mask. Exactness checks (block cache vs none, batched vs alone) run the model in float64
+fastdllm_oracle is a naive transcription of Fast-dLLM's generate(threshold=tau) and
+generate(factor=f) (no cache): a full forward per step, confidences from a float64 softmax over
+the whole canvas, -inf after the block end, per row the best position always and the others if
+c >= tau, or the count its factor rule gives (tests/test_ops.py: fastdllm_factor; or the strict
+rule), until the block has no mask. Exactness checks (block cache vs none, batched vs alone) run the model in float64
 so that rounding cannot flip a near-tie."""
 
 import pytest
@@ -13,9 +14,11 @@ import torch
 from conftest import record, tiny_model
 from mini_dlm.kvcache import KVCache
 from mini_dlm.sampler import canvas_positions, finish, generate, generate_ar, make_canvas
+from test_ops import fastdllm_factor, strict_factor
 
 
-def fastdllm_oracle(model, prompt, gen_length, block_length, mask_id, threshold=None, factor=None):
+def fastdllm_oracle(model, prompt, gen_length, block_length, mask_id, threshold=None, factor=None,
+                    factor_rule="fastdllm"):
     x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, :prompt.shape[1]] = prompt
     nfe = 0
@@ -30,24 +33,28 @@ def fastdllm_oracle(model, prompt, gen_length, block_length, mask_id, threshold=
                 conf = sorted((-prob[row, j, x0[row, j]].item(), j) for j in range(end) if x[row, j] == mask_id)
                 if threshold is not None:
                     chosen = [j for n, (c, j) in enumerate(conf) if n == 0 or -c >= threshold]
-                else:  # the strict factor rule (notes/00-spec.md section 4): c(n) >= 1 - f / (n + 1)
-                    n = 1
-                    while n < len(conf) and -conf[n][0] >= 1 - factor / (n + 2):
-                        n += 1
-                    chosen = [j for _, j in conf[:n]] if conf else []
+                elif conf:  # a row with no mask left in the block commits nothing
+                    rule = fastdllm_factor if factor_rule == "fastdllm" else strict_factor
+                    chosen = [j for _, j in conf[:rule([-c for c, _ in conf], factor)]]
+                else:
+                    chosen = []
                 for j in chosen:
                     x[row, j] = x0[row, j]
     return x, nfe
 
 
-@pytest.mark.parametrize("threshold, factor", [(0.9, None), (0.3, None), (0.05, None), (None, 1.0), (None, 2.5)])
+@pytest.mark.parametrize("threshold, factor, factor_rule", [
+    (0.9, None, None), (0.3, None, None), (0.05, None, None),
+    (None, 1.0, "fastdllm"), (None, 2.5, "fastdllm"), (None, 1.0, "strict"), (None, 2.5, "strict")])
 @pytest.mark.parametrize("gen_len, block_len", [(24, 8), (16, 16)])
-def test_threshold_and_factor_match_fastdllm(threshold, factor, gen_len, block_len):
+def test_threshold_and_factor_match_fastdllm(threshold, factor, factor_rule, gen_len, block_len):
     model = tiny_model(seed=gen_len)
     prompt = torch.randint(0, 63, (2, 5), generator=torch.Generator().manual_seed(block_len))
+    rule = {"factor_rule": factor_rule} if factor_rule else {}
     with torch.no_grad():
-        expected, nfe = fastdllm_oracle(model, prompt, gen_len, block_len, model.config.mask_id, threshold, factor)
-    x, stats = finish(generate(model, prompt, gen_len=gen_len, block_len=block_len, threshold=threshold, factor=factor))
+        expected, nfe = fastdllm_oracle(model, prompt, gen_len, block_len, model.config.mask_id, threshold, factor, **rule)
+    x, stats = finish(generate(model, prompt, gen_len=gen_len, block_len=block_len, threshold=threshold, factor=factor,
+                               **rule))
     assert torch.equal(x, expected)
     assert stats["forward_passes"] == nfe
 
@@ -112,13 +119,15 @@ def test_block_cache_equals_no_cache(threshold, prompts):
     assert not (runs[1][0][:, -24:] == model.config.mask_id).any()
 
 
+@pytest.mark.parametrize("rule", [{"threshold": 0.3}, {"factor": 1.0}])
 @pytest.mark.parametrize("cache, block_size", [("none", 0), ("prefix", 0), ("dual", 0), ("none", 8), ("block", 8)])
-def test_batched_prompts_of_different_lengths_equal_one_at_a_time(cache, block_size):
+def test_batched_prompts_of_different_lengths_equal_one_at_a_time(cache, block_size, rule):
+    """Rows finish a block at different passes; each computes what it would alone."""
     model = tiny_model(seq_len=64, seed=9, block_size=block_size).double()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
-    batched, stats = finish(generate(model, prompts, gen_len=16, steps=16, block_len=8, threshold=0.3, cache=cache))
+    batched, stats = finish(generate(model, prompts, gen_len=16, steps=16, block_len=8, cache=cache, **rule))
     for r, p in enumerate(prompts):
-        alone, _ = finish(generate(model, p, gen_len=16, steps=16, block_len=8, threshold=0.3, cache=cache))
+        alone, _ = finish(generate(model, p, gen_len=16, steps=16, block_len=8, cache=cache, **rule))
         assert torch.equal(batched[r, int(stats["pad"][r]):], alone[0])
 
 
@@ -141,7 +150,9 @@ def test_block_model_forward_pass_count():
 
 @pytest.mark.parametrize("kw, match", [
     ({"cache": "block"}, "block-diffusion checkpoint"), ({"threshold": 0.9, "factor": 1.0}, "not both"),
-    ({"factor": 0.0}, "factor"), ({"cache": "bogus"}, "cache"), ({"remasking": "bogus"}, "remasking")])
+    ({"factor": 0.0}, "factor"), ({"cache": "bogus"}, "cache"), ({"remasking": "bogus"}, "remasking"),
+    ({"factor": 1.0, "factor_rule": "paper"}, "factor_rule must be one of"), ({"eot_id": 63}, "eot_id"),
+    ({"eot_id": 64}, "eot_id")])
 def test_bad_options_for_a_full_attention_model(kw, match):
     with pytest.raises(ValueError, match=match):
         finish(generate(tiny_model(), [1, 2], gen_len=8, steps=8, block_len=8, **kw))

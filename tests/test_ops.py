@@ -26,8 +26,32 @@ def op_backend(request):
     backend.set_backend("auto")
 
 
-def naive_unmask(logits, tokens, eligible, banned, k=None, threshold=None, factor=None, remasking="low_confidence", scores=None):
-    """Per row, per position, in Python floats: guess, score, sort (-c, position), select."""
+def fastdllm_factor(sorted_confidence, factor):
+    """Fast-dLLM's factor rule as its code (get_transfer_index_dynamic) does it, for one row:
+    its eligible confidences sorted high to low (at least one) -> how many of the best commit."""
+    threshs = [1 - factor / (n + 1) for n in range(1, len(sorted_confidence) + 1)]
+    threshs[0] = -1  # "at least one token is transferred"
+    for top_i in range(len(threshs)):
+        if sorted_confidence[top_i] < threshs[top_i]:
+            break
+    if top_i == 0 or top_i == len(threshs) - 1:
+        top_i += 1
+    return top_i
+
+
+def strict_factor(sorted_confidence, factor):
+    """The strict rule (factor_rule="strict"): the longest best-first run with
+    c(n) >= 1 - factor / (n + 1) for every 1-based rank n, and at least c(1)."""
+    n = 1
+    while n < len(sorted_confidence) and sorted_confidence[n] >= 1 - factor / (n + 2):
+        n += 1
+    return n
+
+
+def naive_unmask(logits, tokens, eligible, banned, k=None, threshold=None, factor=None, factor_rule="fastdllm",
+                 remasking="low_confidence", scores=None, demote=()):
+    """Per row, per position, in Python floats: guess, score (-inf for a demoted guess), sort
+    (-c, position), select."""
     B, L, V = logits.shape
     tokens, committed = tokens.clone(), []
     for b in range(B):
@@ -43,17 +67,15 @@ def naive_unmask(logits, tokens, eligible, banned, k=None, threshold=None, facto
             c = {"low_confidence": math.exp(row[x0] - m) / z, "margin": p[0] - p[1],
                  "entropy": sum(q * math.log(q) for q in p if q > 0),
                  "random": None if scores is None else float(scores[b, i])}[remasking]
-            cand.append((-c, i, x0))
+            cand.append((INF if x0 in demote else -c, i, x0))
         cand.sort()
         if k is not None:
             chosen = cand[:int(k[b])]
         elif threshold is not None:
             chosen = [e for n, e in enumerate(cand) if n == 0 or -e[0] >= threshold]
         else:
-            n = 0
-            while n < len(cand) and (n == 0 or -cand[n][0] >= 1 - factor / (n + 2)):
-                n += 1
-            chosen = cand[:n]
+            rule = fastdllm_factor if factor_rule == "fastdllm" else strict_factor
+            chosen = cand[:rule([-e[0] for e in cand], factor)] if cand else []
         for _, i, x0 in chosen:
             tokens[b, i] = x0
         committed.append(len(chosen))
@@ -76,7 +98,10 @@ def run_both(logits, tokens, eligible, banned, **mode):
 
 
 @pytest.mark.parametrize("remasking", ["low_confidence", "margin", "entropy", "random"])
-@pytest.mark.parametrize("mode", [{"k": [2, 0, 5]}, {"threshold": 0.3}, {"threshold": -1.5}, {"factor": 1.0}, {"factor": 3.0}])
+@pytest.mark.parametrize("mode", [{"k": [2, 0, 5]}, {"threshold": 0.3}, {"threshold": -1.5}, {"factor": 1.0}, {"factor": 3.0},
+                                  {"factor": 1.0, "factor_rule": "strict"}, {"factor": 3.0, "factor_rule": "strict"},
+                                  {"k": [2, 0, 5], "demote": [2, 5]}, {"threshold": 0.3, "demote": [2, 5]},
+                                  {"factor": 1.0, "demote": [2, 5]}])
 def test_unmask_matches_naive_spec(remasking, mode):
     for seed in range(4):
         logits, tokens, eligible = random_case(seed=seed)
@@ -87,6 +112,91 @@ def test_unmask_matches_naive_spec(remasking, mode):
         assert n.tolist() == count
         assert torch.equal(e, eligible & (t == tokens))  # committed positions leave the eligible set
         assert ((t != tokens) <= eligible).all()  # nothing outside the eligible set changes
+
+
+FACTOR_ROWS = [  # (eligible scores, what fastdllm commits, what strict commits) at factor 1, where
+    # the bound of 1-based rank n is 1 - 1 / (n + 1): -1 (fastdllm) or -inf (strict), 0.67, 0.75, 0.8, 0.83
+    ([0.1], 1, 1),                          # one eligible
+    ([0.9, 0.1], 2, 1),                     # two eligible, rank 2 fails: it is the last rank
+    ([0.3, 0.2], 2, 1),                     # two eligible, both low
+    ([0.99, 0.98, 0.97], 3, 3),             # every rank passes
+    ([0.2, 0.1, 0.05], 1, 1),               # nothing passes after rank 1
+    ([0.99, 0.99, 0.99, 0.1], 4, 3),        # only the last rank fails
+    ([0.95, 0.7, 0.9, 0.72, 0.3], 2, 2),    # rank 3 (0.72) fails first
+    ([0.7, 0.7, 0.7, 0.7, 0.7], 2, 2),      # ties: the two lowest positions
+    ([], 0, 0),                             # nothing eligible
+    ([0.5, 0.999, 0.98, 0.6, 0.9, 0.85], 4, 4),  # sorted: 0.999 0.98 0.9 0.85 | 0.6 < 0.83
+]
+
+
+def factor_case(rows, L=8):
+    """Lists of scores -> (logits, tokens, eligible, scores) for remasking="random": row b's
+    eligible positions, scoring its list in order, are every other column from b % 2 (the
+    first columns for lists longer than L / 2); the other columns score 0.5 and must be ignored."""
+    B, V = len(rows), 6
+    scores = torch.full((B, L), 0.5, dtype=torch.float64)
+    eligible = torch.zeros(B, L, dtype=torch.bool)
+    for b, c in enumerate(rows):
+        cols = list(range(b % 2, L, 2))[:len(c)] if len(c) <= L // 2 else list(range(len(c)))
+        scores[b, cols], eligible[b, cols] = torch.tensor(c, dtype=torch.float64), True
+    logits = torch.randn(B, L, V, generator=torch.Generator().manual_seed(B))
+    return logits, torch.where(eligible, V - 1, 0), eligible, scores
+
+
+@pytest.mark.parametrize("factor_rule, column", [("fastdllm", 1), ("strict", 2)])
+def test_factor_rules_on_edge_cases(factor_rule, column):
+    """Hand-computed counts, and the positions the transcriptions above pick, on both backends."""
+    logits, tokens, eligible, scores = factor_case([r[0] for r in FACTOR_ROWS])
+    t, e, n, expected, count = run_both(logits, tokens, eligible, [5], factor=1.0, factor_rule=factor_rule,
+                                        remasking="random", scores=scores)
+    assert n.tolist() == count == [r[column] for r in FACTOR_ROWS]
+    assert torch.equal(t, expected) and torch.equal(e, eligible & (t == tokens))
+
+
+def test_factor_rules_with_scores_below_minus_one():
+    """Fast-dLLM's code bounds rank 1 by -1: a row whose best score is below it commits one
+    token even with two eligible, where the strict rule runs on (entropy scores go this low)."""
+    logits, tokens, eligible, scores = factor_case([[-2.0, -3.0]])
+    for factor_rule, want in (("fastdllm", [1]), ("strict", [2])):  # factor 12: rank 2's bound is -3
+        t, e, n, expected, count = run_both(logits, tokens, eligible, [5], factor=12.0, factor_rule=factor_rule,
+                                            remasking="random", scores=scores)
+        assert n.tolist() == count == want and torch.equal(t, expected)
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.0, 2.0, 4.0])
+def test_factor_rules_match_their_transcriptions_on_random_rows(factor):
+    """Rows of 0 to 12 eligible positions, scores crowded towards 1 (so that runs of every
+    length pass), ties among them, both rules."""
+    g = torch.Generator().manual_seed(int(factor * 10))
+    B, L, V = 16, 12, 7
+    logits = torch.randn(B, L, V, generator=g)
+    eligible = torch.rand(B, L, generator=g) < torch.linspace(0, 1, B)[:, None]  # row 0: none, row 15: all
+    scores = 1 - torch.rand(B, L, generator=g, dtype=torch.float64) ** 2 * 0.6
+    scores[::3, ::2] = scores[::3, 1::2]  # equal pairs
+    tokens = torch.where(eligible, V - 1, 0)
+    for factor_rule in ("fastdllm", "strict"):
+        t, e, n, expected, count = run_both(logits, tokens, eligible, [V - 1], factor=factor, factor_rule=factor_rule,
+                                            remasking="random", scores=scores)
+        assert n.tolist() == count and torch.equal(t, expected)
+
+
+def test_demoted_guesses_commit_after_all_others():
+    """Guesses of a demoted id score -inf: they commit after every other, lowest position
+    first, under every rule; the ineligible position 0 (whose score is -inf too) never takes
+    their place."""
+    logits = torch.full((1, 5, 5), -2.0)
+    logits[0, :, 3] = torch.tensor([9.0, 8.0, 0.0, 9.0, 0.0])  # positions 1 and 3 guess 3, confidently
+    logits[0, 2, 1] = logits[0, 4, 2] = 0.5  # positions 2 and 4 guess 1 and 2, unsure (p = 0.57, a tie)
+    tokens, eligible = torch.tensor([[0, 4, 4, 4, 4]]), torch.tensor([[False, True, True, True, True]])
+    seen = []
+    for mode in ({"k": torch.tensor([1])}, {"threshold": 0.99}, {"k": torch.tensor([1])}, {"factor": 1.0}):
+        before = eligible.clone()
+        unmask(logits, tokens, eligible, banned=[4], demote=[3], **mode)
+        seen.append((before & ~eligible)[0].nonzero().flatten().tolist())
+    assert seen == [[2], [4], [1], [3]] and tokens.tolist() == [[0, 3, 1, 3, 2]]
+    tokens, eligible = torch.tensor([[0, 4, 4, 4, 4]]), torch.tensor([[False, True, True, True, True]])
+    unmask(logits, tokens, eligible, k=torch.tensor([1]), banned=[4])  # without demote: the most confident
+    assert tokens.tolist() == [[0, 4, 4, 3, 4]]
 
 
 def test_all_eligible_and_rows_with_none_eligible():
@@ -194,7 +304,9 @@ def test_uniform_hash_is_splitmix64():
 
 @pytest.mark.parametrize("bad, match", [
     ({"k": None}, "exactly one"), ({"threshold": 0.5}, "exactly one"), ({"k": torch.tensor([1])}, "k must"),
-    ({"remasking": "nope"}, "remasking"), ({"remasking": "random"}, "scores"), ({"banned": []}, "banned")])
+    ({"remasking": "nope"}, "remasking"), ({"remasking": "random"}, "scores"), ({"banned": []}, "banned"),
+    ({"demote": [12]}, "demote"), ({"k": None, "factor": 1.0, "factor_rule": "paper"}, "factor_rule"),
+    ({"k": None, "factor": 0.0}, "factor must be > 0")])
 def test_unmask_rejects_bad_arguments(bad, match):
     logits, tokens, eligible = random_case()
     args = {"k": torch.tensor([1, 1, 1]), "banned": [11], **bad}

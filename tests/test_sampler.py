@@ -2,9 +2,12 @@
 
 The oracle below is an independent, deliberately naive transcription of the algorithm in
 LLaDA's reference generate(): a Python loop per row, the transfer schedule built element by
-element, confidences from a float64 softmax over the whole canvas, -inf after the block end,
-then the k best positions (ties: lowest position). The vectorised sampler must match it
-token for token at temperature 0."""
+element, confidences from a softmax over the whole canvas, -inf after the block end, then the k
+best positions (ties: lowest position). The softmax is float64 here, as in mini_dlm; LLaDA's
+code takes it in the logits' dtype, which orders confidences the same unless they tie or round
+together there (notes/00-spec.md section 3). The vectorised sampler must match it token for
+token at temperature 0. Its end-of-text switches are checked on a model built to propose
+end-of-text, confidently, at every other position."""
 
 import pytest
 import torch
@@ -109,6 +112,58 @@ def test_num_transfer_tokens_and_rank():
     assert num_transfer_tokens(torch.tensor([10, 3, 0]), 4).tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
     c = torch.tensor([[0.1, 0.9, 0.9, float("-inf")], [0.5, 0.5, 0.5, 0.5]])
     assert descending_rank(c).tolist() == [[2, 0, 1, 3], [0, 1, 2, 3]]
+
+
+class ProposesEndOfText(torch.nn.Module):
+    """A tiny model whose logits get +20 on end-of-text at even positions: its guess there is
+    end-of-text, with a confidence near 1, far above the others'."""
+
+    def __init__(self, model, eot):
+        super().__init__()
+        self.inner, self.config, self.eot = model, model.config, eot
+
+    def forward(self, idx, attn_mask=None, pos=None, cache=None, only=None):
+        logits = self.inner(idx, attn_mask, pos, cache, only)  # (B, T', V): the positions of `only`
+        p = pos if only is None else pos[:, only]  # (B, T')
+        logits[..., self.eot] += 20.0 * (p % 2 == 0)
+        return logits
+
+
+RULES = [{}, {"threshold": 0.5}, {"factor": 1.0}, {"factor": 1.0, "factor_rule": "strict"}]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_logits_eos_inf_never_commits_end_of_text(rule):
+    model = ProposesEndOfText(tiny_model(seed=3), eot=62)
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8]]  # unpadded: position = column
+    run = lambda **kw: finish(generate(model, prompts, gen_len=16, block_len=8, **rule, **kw))[0][:, 4:]  # noqa: E731
+    assert (run() == 62).sum() >= 8  # every even position, at least
+    assert not (run(logits_eos_inf=True) == 62).any()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_confidence_eos_eot_inf_commits_end_of_text_last_in_each_block(rule):
+    """Each row's end-of-text guesses (the even positions) commit only after every other
+    position of the block; without the switch, they, the surest guesses, go first."""
+    model = ProposesEndOfText(tiny_model(seed=3), eot=62)
+    prompts, block_len = [[1, 2, 3, 4], [5, 6, 7, 8]], 8
+
+    def commit_steps(**kw):
+        """-> (B, 16) the step at which each generated position was committed, and the tokens."""
+        history = []
+        x, _ = finish(record(generate(model, prompts, gen_len=16, block_len=block_len, **rule, **kw), history))
+        when = torch.stack([n * committed[:, 4:] for n, _, _, committed in history]).sum(dim=0)
+        return when, x[:, 4:]
+
+    when, x = commit_steps(confidence_eos_eot_inf=True)
+    assert (x[:, 0::2] == 62).all() and not (x[:, 1::2] == 62).any()  # the guesses stayed what they are
+    for blk in range(2):
+        w = when[:, blk * block_len:(blk + 1) * block_len]  # (B, 8)
+        assert (w[:, 1::2].max(dim=1).values <= w[:, 0::2].min(dim=1).values).all()  # the others first
+        if not rule:  # one token per step: strictly after
+            assert (w[:, 1::2].max(dim=1).values < w[:, 0::2].min(dim=1).values).all()
+    when, _ = commit_steps()
+    assert (when[:, 0::2].min(dim=1).values < when[:, 1::2].min(dim=1).values).all()  # the test can tell
 
 
 def test_ar_generation_is_greedy_next_token():

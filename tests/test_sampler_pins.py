@@ -35,7 +35,7 @@ def runs():
     runs["schedule 2 per step"] = diffusion(full, steps=8)
     for c in ("none", "prefix", "dual"):
         runs[f"threshold 0.15 {c}"] = diffusion(full, threshold=0.15, cache=c)
-        runs[f"factor 4.0 {c}"] = diffusion(full, factor=4.0, cache=c)
+        runs[f"factor 4.0 {c}"] = diffusion(full, factor=4.0, factor_rule="strict", cache=c)  # the rule of the pins
     runs["threshold steps cap"] = diffusion(full, steps=4, threshold=0.9)
     runs["temperature 0.7 margin threshold dual"] = diffusion(full, temperature=0.7, remasking="margin", threshold=0.5,
                                                               cache="dual", generator=g())
