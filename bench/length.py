@@ -53,8 +53,17 @@ def get_parser():
     p.add_argument("--eot-threshold", type=probability, default=0.5, help="auto: grow below this")
     p.add_argument("--low-threshold", type=probability, help="auto: insert masks below this (default: off)")
     p.add_argument("--insert", type=positive_int, default=4, help="auto: masks per insertion")
+    p.add_argument("--confidence-eos-eot-inf", action="store_true", help="every configuration: a guess of "
+                   "end-of-text commits after the others (LLaDA's switch)")
     p.add_device_flag()
     return p
+
+
+def written_lengths(tok, data):
+    """Tokens of each validation document after its first line (the speaker): what a model
+    prompted with that line should write before its end-of-text."""
+    docs = split_documents(split_text(read_text(data)[0])[1])
+    return [len(tok.encode(d)) - len(tok.encode(d.split("\n")[0] + "\n")) for d in docs]
 
 
 def speaker_prompts(tok, data, n):
@@ -82,15 +91,21 @@ def main(argv=None):
 
     def gen():
         return torch.Generator(device).manual_seed(args.seed)
+    demote = args.confidence_eos_eot_inf
     runs = [(f"fixed {G}", lambda G=G: finish(generate(model, prompts, gen_len=G, block_len=G, temperature=T,
-                                                       threshold=args.threshold, generator=gen())))
+                                                       threshold=args.threshold, generator=gen(),
+                                                       confidence_eos_eot_inf=demote, eot_id=tok.eot_id)))
             for G in fixed]
     length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold, args.insert)
     runs.append(("auto", lambda: finish(generate_dynamic(model, prompts, length=length, threshold=args.threshold,
-                                                         temperature=T, generator=gen(), eot_id=tok.eot_id))))
+                                                         temperature=T, generator=gen(), eot_id=tok.eot_id,
+                                                         confidence_eos_eot_inf=demote))))
     finish(generate(model, prompts[:2], gen_len=16, steps=16, block_len=16))  # warm-up
     P = max(len(p) for p in prompts)
-    print(f"\n{len(prompts)} prompts, threshold {args.threshold}, temperature {T}, one batch, on {device_name(device)}")
+    median = statistics.median(written_lengths(tok, args.data))
+    print(f"\nvalidation documents: median {median:g} tokens after the speaker line (within 30%: "
+          f"{0.7 * median:.1f} to {1.3 * median:.1f})")
+    print(f"{len(prompts)} prompts, threshold {args.threshold}, temperature {T}, one batch, on {device_name(device)}")
     print(f"{'config':<10} {'useful':>7} {'ended':>6} {'passes':>6} {'positions':>10} {'canvas':>7} {'seconds':>8} "
           f"{'gen ppl':>8} {'distinct3':>9}")
     for name, fn in runs:

@@ -128,7 +128,7 @@ def least_confident(logits, eligible, M):
 
 
 def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, threshold, temperature, remasking, generator,
-                            cfg_scale=0.0):
+                            cfg_scale=0.0, demote=()):
     """Stage 2: commit by threshold (or one per pass) over each unfinished row's region, turning
     a lost position into d.insert masks; yields a Step after every pass. passes: stage 1's."""
     M, B, insertions, length_passes = model.config.mask_id, x.shape[0], 0, passes
@@ -143,7 +143,8 @@ def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, thresho
             lost = (c_min < d.low_threshold) & (g[rows] + d.insert - 1 <= d.max_len)
         rule = {"k": torch.ones_like(rows)} if threshold is None else {"threshold": threshold}
         before = eligible.clone()
-        unmask(logits, region, eligible, **rule, remasking=remasking, temperature=temperature, banned=[M], **noise)
+        unmask(logits, region, eligible, **rule, remasking=remasking, temperature=temperature, banned=[M],
+               demote=list(demote), **noise)
         x[rows, P:P + G] = region
         committed = torch.zeros_like(x, dtype=torch.bool)
         committed[rows, P:P + G] = before & ~eligible
@@ -160,20 +161,21 @@ def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, thresho
 
 @torch.no_grad()
 def generate_dynamic(model, prompts, *, length=Daedal(), threshold=0.9, temperature=0.0, remasking="low_confidence",
-                     cfg_scale=0.0, generator=None, eot_id=None):
+                     cfg_scale=0.0, generator=None, eot_id=None, confidence_eos_eot_inf=False):
     """DAEDAL (see the module docstring), yielding a Step after every denoising pass; the last
     one's info holds "length_passes" (stage 1), "insertions" and "lengths" (B,), each row's
     final canvas length. prompts: as for sampler.make_canvas. eot_id: the tokenizer's
     end-of-text (default: the id just below the mask token, as in mini_dlm's tokenizer). The
     canvas is left-padded and right-padded with end-of-text. cfg_scale: classifier-free guidance
-    in every pass of both stages (mini_dlm/guidance.py)."""
+    in every pass of both stages (mini_dlm/guidance.py). confidence_eos_eot_inf: LLaDA's switch,
+    a guess of end-of-text commits after every other guess of its row (sampler.denoise)."""
     check_dynamic(model, threshold, remasking)
     check_cfg_scale(cfg_scale)
     x, pad = make_canvas(prompts, length.max_len, model)  # checks that prompt + max_len fits the context
     P, eot = x.shape[1] - length.max_len, end_of_text(model, eot_id)
     x, g, logits, passes = grow_canvas(model, x, pad, P, length, eot, cfg_scale)
     yield from denoise_with_insertions(model, x, pad, P, g, logits, passes, length, eot, threshold, temperature,
-                                       remasking, generator, cfg_scale)
+                                       remasking, generator, cfg_scale, [eot] if confidence_eos_eot_inf else [])
 
 
 def check_dynamic(model, threshold, remasking):
