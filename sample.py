@@ -42,7 +42,7 @@ from mini_dlm.tokenizer import useful_lengths
 SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "factor_rule", "cache", "logits_eos_inf",
             "confidence_eos_eot_inf", "show_steps", "cfg_scale")
 DAEDAL = ("init_len", "max_len", "grow", "tail", "eot_threshold", "low_threshold", "insert", "remasking", "threshold",
-          "cfg_scale")
+          "confidence_eos_eot_inf", "cfg_scale")
 CONTINUE = ("prompt", "gen_len")  # a run that continues prompts; an infill run has its template instead
 MODES = {  # how a run samples -> the flags it uses, besides those every run uses (all the others)
     "diffusion": CONTINUE + SCHEDULE,
@@ -192,7 +192,8 @@ def sampler(args, model, prompts, generator, eot_id, P):
     if args.gen_len == "auto":  # DAEDAL
         length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold,
                         args.insert)
-        return generate_dynamic(model, prompts, length=length, threshold=args.threshold, eot_id=eot_id, **kw)
+        return generate_dynamic(model, prompts, length=length, threshold=args.threshold, eot_id=eot_id,
+                                confidence_eos_eot_inf=args.confidence_eos_eot_inf, **kw)
     if cfg.objective == "ar":
         return generate_ar(model, prompts, gen_len=args.gen_len, temperature=args.temperature, generator=generator)
     return generate(model, prompts, gen_len=args.gen_len, **decoding)
@@ -205,11 +206,11 @@ def resolve_lengths(args, cfg, tokenizer):
     room = cfg.seq_len - max(len(tokenizer.encode(t)) for t in args.prompt)  # what the context leaves
     blocks = auto and bool(cfg.block_size)  # block diffusion grows block by block, stopping at end-of-text
     caches = ("none", "block") if blocks else ("none",)
-    llada_switches = args.logits_eos_inf or args.confidence_eos_eot_inf
+    llada_switches = args.logits_eos_inf or (blocks and args.confidence_eos_eot_inf)
     if auto and (ar or args.show_steps or args.factor is not None or llada_switches or args.cache not in caches):
         raise ValueError("--gen-len auto works with a diffusion checkpoint (and --cache block for a block-diffusion "
                          "one); not with an AR model, --show-steps, --factor, --logits-eos-inf, "
-                         "--confidence-eos-eot-inf or --cache prefix/dual")
+                         "--confidence-eos-eot-inf (block diffusion) or --cache prefix/dual")
     if auto and args.max_len is None:
         args.max_len = room
     if blocks:

@@ -18,6 +18,8 @@ depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths)
                        --replot runs as written
   bench/sampling.py    --gen-len <= 64
   bench/length.py      --num-prompts <= 8
+  bench/decoding.py, bench/threshold.py   --num-prompts <= 4
+  bench/cloze.py       --n <= 8;  bench/cfg.py  --n <= 4, --repeats <= 1
   bench/kernels.py     --repeats <= 2
 Skipped, with the reason printed:
   pip ...                      setup: CI's setup stage runs it (the scratch copy has the build)
@@ -39,6 +41,10 @@ CAPS = {  # script: {flag: (cap, the script's default)}
                       "--n-embd": (64, 384), "--eval-windows": (4, 64)},
     "bench/sampling.py": {"--gen-len": (64, 256)},
     "bench/length.py": {"--num-prompts": (8, 50)},
+    "bench/decoding.py": {"--num-prompts": (4, 16)},
+    "bench/threshold.py": {"--num-prompts": (4, 16)},
+    "bench/cloze.py": {"--n": (8, 200)},
+    "bench/cfg.py": {"--n": (4, 32), "--repeats": (1, 3)},
     "bench/kernels.py": {"--repeats": (2, 10)},
     "torchrun": {"--nproc_per_node": (2, 1)},
 }
