@@ -46,7 +46,7 @@ def get_parser():
                    "end-of-text so the model learns where text ends (default: off, packed windows)")
     g.add_argument("--doc-sep", type=escaped, default="\n\n", help="what separates documents with --docs, with "
                    "backslash escapes (default: '\\n\\n', a blank line: one speech of the shipped corpus)")
-    g.add_argument("--task", choices=("sudoku6", "sudoku9"), help="train on a generated task instead of --data (notes/08): "
+    g.add_argument("--task", choices=("sudoku6", "sudoku6-min", "sudoku9"), help="train on a generated task instead of --data (notes/08): "
                    "rows of puzzle ':' solution, one byte = one token (--vocab-size is not used), the loss on the "
                    "solution only; --seq-len becomes the row's length (default: off)")
     g.add_argument("--task-train", type=positive_int, default=50_000, help="training puzzles of --task")

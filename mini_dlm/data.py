@@ -127,7 +127,9 @@ def prepare_task(name, seed, n_train, n_test, cache_dir):
     rows, each a puzzle, ':', its solution and one end-of-text (a row is seq_len + 1 tokens;
     no loss reads the last). The tokenizer is byte-level BPE with no merges, so one cell is one
     token. Cached in cache_dir by (name, seed, sizes): 50,000 6x6 puzzles take minutes."""
-    cache = os.path.join(cache_dir, f"task-{name}-seed{seed}-train{n_train}-test{n_test}-v{CACHE_VERSION}.pt")
+    blanks = tasks.SUDOKUS[name].blanks or "min"
+    key = f"task-{name}-blanks{blanks}-seed{seed}-train{n_train}-test{n_test}-v{CACHE_VERSION}"
+    cache = os.path.join(cache_dir, f"{key}.pt")
     c = load_cache(cache)
     if c:
         return c

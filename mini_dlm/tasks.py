@@ -6,18 +6,25 @@ AR must write the top-left cell first, however hard it is; a diffusion model can
 easy cells first and let them decide the hard ones.
 
 A grid of n = r * c digits per row, in boxes of r rows by c columns (4x4: 2x2, 6x6: 2x3,
-9x9: 3x3). A row of the training data, one character per cell, so one byte = one token:
+9x9: 3x3), with a given number of blanks or as many as uniqueness allows (a minimal puzzle).
+A row of the training data, one character per cell, so one byte = one token:
 
     puzzle (n * n chars, '.' for a blank) + ':' + solution (n * n digits)
-    6x6:  ..3...6...2..4...3.6....4....1.2..5.:123456...
+    .13.4......3.2.5...45312.3..5.15..3.:213645564123321564645312436251152436   (sudoku6, 20 blanks)
 
 The sampler's prompt is the puzzle and the ':', the generated part the n * n solution digits.
 
 Generation (deterministic given the seed):
   1. a full grid by randomised backtracking (digits tried in a shuffled order);
   2. blanks dug in a shuffled cell order: a cell stays blank only if no other digit there
-     still leads to a solution (count_solutions), so every puzzle has exactly one solution
-     and is minimal: giving away any one more cell would make it ambiguous.
+     still leads to a solution (count_solutions), so every puzzle has exactly one solution;
+     digging stops at the task's number of blanks (a grid that cannot reach it is skipped),
+     or, without one, when no cell can go: a minimal puzzle, where blanking any one more
+     given would let in a second solution.
+sudoku6 (20 blanks, 16 givens) is the task that trains on a CPU in minutes (notes/08): almost
+every puzzle is solvable by naked singles alone, one easy cell after another, yet nearly every
+one has a cell that reading order reaches before it is easy. sudoku6-min (minimal puzzles,
+about 26 blanks) and sudoku9 (minimal, 9x9) are harder.
 Splits: test, val and train each draw from their own random stream (seeded with the size, the
 seed and the split's name); val skips the grids of test, train those of test and val, so no
 solution grid of a held-out puzzle is ever trained on (6x6 has 28,200,960 grids, 4x4 only 288).
@@ -33,9 +40,11 @@ VAL_SIZE = 256  # puzzles for the training run's validation loss
 
 @dataclass(frozen=True)
 class Sudoku:
-    """An n x n Sudoku with boxes of box_rows x box_cols (n = box_rows * box_cols, n <= 9)."""
+    """An n x n Sudoku with boxes of box_rows x box_cols (n = box_rows * box_cols, n <= 9), and
+    puzzles of `blanks` blanks (None: minimal puzzles)."""
     box_rows: int
     box_cols: int
+    blanks: int = None
 
     @property
     def n(self):
@@ -72,7 +81,8 @@ class Sudoku:
         return [sorted(p - {i}) for i, p in enumerate(out)]
 
 
-SUDOKUS = {"sudoku4": Sudoku(2, 2), "sudoku6": Sudoku(2, 3), "sudoku9": Sudoku(3, 3)}
+SUDOKUS = {"sudoku4": Sudoku(2, 2), "sudoku6": Sudoku(2, 3, blanks=20), "sudoku6-min": Sudoku(2, 3),
+           "sudoku9": Sudoku(3, 3)}
 
 
 # ---- solving --------------------------------------------------------------------------------
@@ -147,12 +157,15 @@ def random_grid(sudoku, rng, peers):
 
 
 def dig(solution, sudoku, rng, peers):
-    """A minimal puzzle whose only solution is solution: blank the cells in a shuffled order,
-    keeping a blank only while no other digit in it still leads to a solution."""
+    """A puzzle whose only solution is solution: blank the cells in a shuffled order, keeping a
+    blank only while no other digit in it still leads to a solution, until sudoku.blanks cells
+    are blank (None: until no cell can go, a minimal puzzle). Fewer blanks than asked: None."""
     puzzle = list(solution)
     order = list(range(sudoku.cells))
     rng.shuffle(order)
     for i in order:
+        if sudoku.blanks is not None and puzzle.count(0) == sudoku.blanks:
+            return puzzle
         v, puzzle[i] = puzzle[i], 0
         for d in candidates(puzzle, peers, sudoku.n, i):
             puzzle[i] = d
@@ -160,7 +173,7 @@ def dig(solution, sudoku, rng, peers):
                 puzzle[i] = v  # a second solution: the given stays
                 break
             puzzle[i] = 0
-    return puzzle
+    return puzzle if sudoku.blanks is None or puzzle.count(0) == sudoku.blanks else None
 
 
 # ---- checking -------------------------------------------------------------------------------
@@ -176,20 +189,25 @@ def is_solution(answer, puzzle, sudoku):
 
 
 def singles_depth(puzzle, sudoku, peers=None):
-    """For every cell, the round of naked-single propagation at which it is decided: 0 for a
-    given, k when k rounds of "a blank with one candidate left takes it" (all such blanks at
-    once per round) decide it, None if singles alone never do. What makes a cell easy."""
+    """For every cell, the round of singles at which it is decided: 0 for a given, k when k
+    rounds decide it, None if singles alone never do. A round finds, on the grid so far, every
+    naked single (a blank with one candidate left) and hidden single (a digit with one place
+    left in a unit), and fills them all at once. What makes a cell easy."""
     peers = peers or sudoku.peers()
     grid, depth = list(puzzle), [0 if v else None for v in puzzle]
-    k = 0
-    while True:
-        k += 1
-        forced = {i: c[0] for i in range(sudoku.cells) if grid[i] == 0
-                  for c in [candidates(grid, peers, sudoku.n, i)] if len(c) == 1}
+    for k in range(1, sudoku.cells + 1):
+        cands = {i: candidates(grid, peers, sudoku.n, i) for i in range(sudoku.cells) if grid[i] == 0}
+        forced = {i: c[0] for i, c in cands.items() if len(c) == 1}  # naked singles
+        for unit in sudoku.units():  # hidden singles
+            for d in range(1, sudoku.n + 1):
+                places = [i for i in unit if d in cands.get(i, ())]
+                if len(places) == 1 and d not in (grid[i] for i in unit):
+                    forced.setdefault(places[0], d)
         if not forced:
-            return depth
+            break
         for i, d in forced.items():
             grid[i], depth[i] = d, k
+    return depth
 
 
 # ---- text -----------------------------------------------------------------------------------
@@ -223,7 +241,7 @@ def check_answer(puzzle, solution, answer, sudoku):
 def puzzles(sudoku, seed, split, count, exclude=frozenset()):
     """count (puzzle, solution) pairs of one split, deterministic given (sudoku, seed, split):
     the split's own random stream, skipping solution grids in exclude and repeats."""
-    rng, peers = random.Random(f"{sudoku.n}-{seed}-{split}"), sudoku.peers()
+    rng, peers = random.Random(f"{sudoku.n}-{sudoku.blanks}-{seed}-{split}"), sudoku.peers()
     out, seen, misses = [], set(exclude), 0
     while len(out) < count:
         solution = random_grid(sudoku, rng, peers)
@@ -234,7 +252,9 @@ def puzzles(sudoku, seed, split, count, exclude=frozenset()):
                 raise ValueError(f"{sudoku.n}x{sudoku.n}: only {len(out)} new grids found for {count} {split} puzzles")
             continue
         seen.add(key)
-        out.append((dig(solution, sudoku, rng, peers), solution))
+        puzzle = dig(solution, sudoku, rng, peers)
+        if puzzle is not None:  # else the grid could not lose that many cells and stay unique
+            out.append((puzzle, solution))
     return out
 
 

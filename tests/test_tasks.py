@@ -15,7 +15,7 @@ from mini_dlm import tasks
 from mini_dlm.diffusion import ar_loss, forward_process, keep_prompt, loss_fn
 from mini_dlm.tokenizer import Tokenizer
 
-S4, S6 = tasks.SUDOKUS["sudoku4"], tasks.SUDOKUS["sudoku6"]
+S4, S6, S6_MIN = tasks.SUDOKUS["sudoku4"], tasks.SUDOKUS["sudoku6"], tasks.SUDOKUS["sudoku6-min"]
 
 
 def all_4x4_grids():
@@ -64,14 +64,19 @@ def test_count_solutions_knows_the_4x4_grids():
     assert tasks.count_solutions(list(grids[0]), S4) == 1
 
 
-@pytest.mark.parametrize("sudoku,count", [(S4, 40), (S6, 12)])
-def test_puzzles_have_one_solution_and_are_minimal(sudoku, count):
+@pytest.mark.parametrize("sudoku,count", [(S4, 40), (S6_MIN, 12), (S6, 20)])
+def test_puzzles_have_one_solution(sudoku, count):
+    """Unique (by a second solver, and for 4x4 against all 288 grids); minimal without a number
+    of blanks, else exactly that many."""
     grids = set(all_4x4_grids()) if sudoku is S4 else None
     for puzzle, solution in tasks.puzzles(sudoku, 3, "train", count):
         assert tasks.is_solution(solution, puzzle, sudoku)
         assert naive_count(puzzle, sudoku) == 1
         if grids is not None:  # 4x4: the one grid of all 288 that keeps the givens is the solution
             assert [g for g in grids if all(p in (0, v) for p, v in zip(puzzle, g))] == [tuple(solution)]
+        if sudoku.blanks:
+            assert puzzle.count(0) == sudoku.blanks
+            continue
         for i in (i for i, v in enumerate(puzzle) if v):  # minimal: any given taken away, a second solution
             assert naive_count(puzzle[:i] + [0] + puzzle[i + 1:], sudoku) == 2
 
@@ -119,6 +124,9 @@ def test_singles_depth():
     puzzle[1] = 0  # two blanks of one row: each still has one candidate (its column decides)
     assert tasks.singles_depth(puzzle, S4)[:2] == [1, 1]
     assert tasks.singles_depth([0] * 16, S4) == [None] * 16  # nothing decided without givens
+    hidden = [0, 0, 2, 3, 0, 0, 0, 0, 0, 3, 0, 4, 4, 0, 0, 0]  # cell 1 may hold 1 or 4, but only it can take
+    assert tasks.candidates(hidden, S4.peers(), 4, 1) == [1, 4]  # its row's 4 (cell 0's column has one)
+    assert tasks.singles_depth(hidden, S4) == [1, 1, 0, 0, 1, 2, 1, 1, 1, 0, 1, 0, 0, 2, 1, 1]
 
 
 def test_one_cell_is_one_token():
