@@ -344,7 +344,10 @@ def sweep(args, models, prompts_all, useful_fn, configs, kinds, device, meta, on
 def crossovers(records, logs, meta, configs, kinds, gen_lens):
     """For each DLM configuration: B* where AR's useful tokens/s overtakes it. Predicted twice
     (the spec's closed form with the measured w; the roofline model scaled from the smallest
-    batch measured), and measured (the first batch of the grid where AR is at least as fast)."""
+    batch measured), and measured (the first batch of the grid where AR is at least as fast).
+    Both predictions count useful tokens: when a configuration keeps a share s of what it
+    generates (--task: the puzzles it solves), it computes w / s positions per useful token, so
+    the closed form becomes ridge * (elem / 2) * (s_dlm / s_ar) / w."""
     out = []
     print("\ncrossover: the batch where AR (KV cache) overtakes each DLM configuration")
     print(f"{'config':<16} {'ops':<5} {'G':>4} {'w':>6} {'tok/pass':>8} {'B* formula':>10} {'B* roofline':>11} "
@@ -352,8 +355,12 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
     by_key = {(r["config"], r["ops"], r["gen_len"], r["batch_size"]): r for r in records}
     grid = sorted({round(2 ** (i / 4)) for i in range(0, 4 * 16 + 1)})  # 1 .. 65536, four per octave
 
-    def tps(log, b0, b, G, rows):  # roofline tokens/s at batch b, from a log of rows taken b0 at a time
-        return rows * b / b0 * G / log.predict_seconds(meta["peak_flops"], meta["bandwidth"], b / b0)
+    def tps(log, b0, b, G, rec):  # roofline useful tokens/s at batch b, from the log of rec (rows taken b0 at a time)
+        rows = rec.get("rows", b0)
+        return share(rec) * rows * b / b0 * G / log.predict_seconds(meta["peak_flops"], meta["bandwidth"], b / b0)
+
+    def share(rec):  # the useful share of what a configuration generated
+        return rec["useful_tokens"] / (rec.get("rows", rec["batch_size"]) * rec["gen_len"])
 
     def show(v):
         return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -364,9 +371,10 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
         (ar_B, ar_log), (B0, log) = logs[("ar", kind, G)], logs[(config, kind, G)]
         first = by_key[(config, kind, G, B0)]
         w = first["positions_per_token"]
-        formula = crossover_closed_form(meta["ridge"], 4 if meta["dtype"] == "float32" else 2, w)
-        ar_rows = by_key[("ar", kind, G, ar_B)]["rows"]
-        model_b = next((b for b in grid if tps(ar_log, ar_B, b, G, ar_rows) >= tps(log, B0, b, G, first["rows"])), None)
+        ar_first = by_key[("ar", kind, G, ar_B)]
+        formula = None if not share(ar_first) else crossover_closed_form(
+            meta["ridge"], 4 if meta["dtype"] == "float32" else 2, w) * share(first) / share(ar_first)
+        model_b = next((b for b in grid if tps(ar_log, ar_B, b, G, ar_first) >= tps(log, B0, b, G, first)), None)
         measured = next((B for (c, o, g, B), r in sorted(by_key.items(), key=lambda kv: kv[0][3])
                          if (c, o, g) == (config, kind, G) and ("ar", kind, G, B) in by_key
                          and by_key[("ar", kind, G, B)]["useful_tokens_per_s"] >= r["useful_tokens_per_s"]), None)
@@ -375,7 +383,8 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
         out.append(row)
         print(f"{config:<16} {kind:<5} {G:>4} {w:>6.2f} {row['tokens_per_forward']:>8.2f} {show(formula):>10} "
               f"{show(model_b):>11} {show(measured):>11}")
-    print("(B* formula = ridge * bytes_per_element / 2 / w, w = positions computed per token; roofline: the first "
+    print("(B* formula = ridge * bytes_per_element / 2 / w, w = positions computed per token, times the useful share "
+          "of the configuration over AR's (1 / 1 for text without end-of-text); roofline: the first "
           "batch where the roofline model puts AR ahead; measured: the first batch of the grid where AR's useful "
           "tokens/s >= the configuration's; '-' = not within the range)")
     return out
