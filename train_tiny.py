@@ -5,6 +5,7 @@ Train a tiny masked diffusion LM (or its AR twin) on a text file.
     python train_tiny.py --max-iters 300          # the preset with fewer steps (any flag overrides it)
     python train_tiny.py --objective ar --out-dir out-ar       # the AR baseline
     python train_tiny.py --block-size 16 --out-dir out-bd3     # block diffusion (BD3-LM)
+    python train_tiny.py --task sudoku6 --out-dir out-sudoku   # generated 6x6 Sudoku (notes/08)
     python train_tiny.py --preset none            # no preset: the defaults in --help
     torchrun --nproc_per_node 8 train_tiny.py     # DDP on 8 GPUs, same global batch
 
@@ -24,9 +25,10 @@ from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
 from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, non_negative_int, positive_int, print_config,
                           resolve_device, run, set_threads)
-from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
+from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data, prepare_task
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
+from mini_dlm.tasks import SUDOKUS, TEST_POOL
 
 # dense bf16 tensor-core peaks (FLOP/s) for the MFU column; other GPUs print no MFU
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
@@ -58,6 +60,14 @@ def get_parser():
                    "end-of-text so the model learns where text ends (default: off, packed windows)")
     g.add_argument("--doc-sep", type=escaped, default="\n\n", help="what separates documents with --docs, with "
                    "backslash escapes (default: '\\n\\n', a blank line: one speech of the shipped corpus)")
+    g.add_argument("--task", choices=("sudoku6", "sudoku6-min", "sudoku9"), help="train on a generated task instead of --data (notes/08): "
+                   "rows of puzzle ':' solution, one byte = one token (--vocab-size is not used), the loss on the "
+                   "solution only; --seq-len becomes the row's length (default: off)")
+    g.add_argument("--task-train", type=positive_int, default=50_000, help="training puzzles of --task")
+    g.add_argument("--task-seed", type=int, default=0, help="the puzzles' seed; training, validation and held-out "
+                   "puzzles are three streams of it")
+    g.add_argument("--task-test", type=positive_int, default=TEST_POOL, help="held-out puzzles whose solution grids "
+                   "are kept out of training and validation (bench/task.py scores the first --n of them)")
     g = p.add_argument_group("model")
     g.add_argument("--objective", choices=OBJECTIVES, default="mdm", help="mdm: masked diffusion; ar: next-token baseline")
     g.add_argument("--block-size", type=non_negative_int, default=0, help="block diffusion (BD3-LM): blocks of N tokens, "
@@ -99,9 +109,10 @@ def fmt_preset(values):
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
 
 
-def parse_args(argv=None):
-    """The flags, on top of the preset's values (--preset auto: the device's) on top of the defaults."""
-    p = get_parser()
+def parse_args(argv=None, p=None):
+    """The flags, on top of the preset's values (--preset auto: the device's) on top of the
+    defaults of the parser p (default: get_parser(); p.get_default then gives the preset's)."""
+    p = p or get_parser()
     args = p.parse_args(argv)
     preset = args.preset
     if preset == "auto":
@@ -123,8 +134,17 @@ def lr_at(it, args):
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * (args.lr - args.min_lr)
 
 
-def check_flags(args):
-    """What the flag types alone cannot check, before the data is read or anything is kept."""
+def check_flags(args, parser):
+    """What the flag types alone cannot check, before the data is read or anything is kept.
+    With --task, sets --seq-len to the task's row length (prompt + answer)."""
+    if args.task:
+        sudoku = SUDOKUS[args.task]
+        need = sudoku.prompt_len + sudoku.answer_len
+        if args.seq_len not in (need, parser.get_default("seq_len")):
+            raise ValueError(f"--task {args.task} rows are {need} tokens: leave --seq-len out or give {need}")
+        if args.docs or args.block_size:
+            raise ValueError("--task trains full-attention diffusion or AR models on its own rows: no --docs, --block-size")
+        args.seq_len = need
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it
@@ -132,8 +152,9 @@ def check_flags(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    check_flags(args)
+    parser = get_parser()
+    args = parse_args(argv, parser)
+    check_flags(args, parser)
     args.threads = set_threads(args.threads)
     world = distributed.setup(resolve_device(args.device))  # torchrun: join the process group; else a world of one
     try:
@@ -157,6 +178,8 @@ def train(args, world):
         for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
         args.docs, args.doc_sep = tc.get("docs", False), tc.get("doc_sep", args.doc_sep)  # and its data mode
+        args.task, args.task_train, args.task_seed, args.task_test = (tc.get(k) for k in ("task", "task_train",
+                                                                                          "task_seed", "task_test"))
         vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
     else:
         tokenizer, vocab_size, tok_kind = None, args.vocab_size, args.tokenizer
@@ -167,8 +190,14 @@ def train(args, world):
     # -- data: tokenizer + token ids, cached in out-dir (under DDP every rank makes the same: BPE
     # training is deterministic and the cache is written atomically)
     t0 = time.time()
-    tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer,
-                                                 args.doc_sep if args.docs else None)
+    if args.task:  # generated rows (mini_dlm/tasks.py), byte-level; the prompt is the puzzle and ':'
+        tokenizer, train_ids, val_ids = prepare_task(args.task, args.task_seed, args.task_train, args.task_test,
+                                                     args.out_dir)
+        vocab_size, tok_kind, prompt_len = tokenizer.vocab_size, "bytes", SUDOKUS[args.task].prompt_len
+    else:
+        tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer,
+                                                     args.doc_sep if args.docs else None)
+        prompt_len = 0
     if not resumed:
         torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
@@ -184,7 +213,9 @@ def train(args, world):
 
     train_config = {**vars(args), "device": str(device), "vocab_size": vocab_size, "tokenizer": tok_kind}
     print_config("config", {**train_config, "model": cfg})
-    unit = f"rows of {args.seq_len + 1} (documents ended and padded with end-of-text)" if args.docs else "tokens"
+    unit = f"rows of {args.seq_len + 1} (documents ended and padded with end-of-text)" if args.docs else \
+        f"{args.task} puzzles (rows of {args.seq_len + 1}; the loss on the last {args.seq_len - prompt_len})" if args.task \
+        else "tokens"
     print(f"data: {len(train_ids):,} train / {len(val_ids):,} val {unit}, vocab {tokenizer.vocab_size} "
           f"({tok_kind}), ready in {time.time() - t0:.1f} s")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
@@ -216,7 +247,8 @@ def train(args, world):
     def do_eval(step):
         t = time.time()
         with amp:
-            v = evaluate(step_fn, val_ids, cfg.seq_len, batch_size=args.batch_size, max_windows=args.eval_windows)
+            v = evaluate(step_fn, val_ids, cfg.seq_len, batch_size=args.batch_size, max_windows=args.eval_windows,
+                         prompt_len=prompt_len)
         what, rel = ("val nll", "=") if cfg.objective == "ar" else ("val bound", "<=")  # AR: exact; MDM: a bound
         print(f"eval step {step:05d} | {what} {v['nats']:.4f} nats/token | ppl {rel} {v['ppl']:.2f} | {time.time() - t:.1f} s")
         return v
@@ -239,7 +271,7 @@ def train(args, world):
                 group["lr"] = lr
             batch = get_batch(train_ids, args.batch_size, cfg.seq_len + 1, batch_gen, device)[rows]  # (B / ranks, T+1)
             with amp:
-                loss = loss_fn(train_fn, batch, noise_gen, (world.rank, world.size))
+                loss = loss_fn(train_fn, batch, noise_gen, (world.rank, world.size), prompt_len)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:

@@ -6,6 +6,8 @@ trained here.
 
     python bench/efficiency.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
     python bench/efficiency.py --quick        # a small grid: under a minute on a 2-core CPU
+    python bench/efficiency.py --task --ar-ckpt out-sd-ar/ckpt.pt --dlm-ckpt out-sd-mdm/ckpt.pt --block-ckpt ''
+                                              # Sudoku (notes/08): only solved puzzles' tokens count
 
 Configurations, each with the compiled ops (ext) and the PyTorch reference ops (torch):
   ar               the AR checkpoint, one token per pass, KV cache      (sampler.generate_ar)
@@ -25,6 +27,10 @@ Method, per configuration and batch size B:
     configuration that is the model scoring itself);
   - a batch whose median exceeds --max-seconds, or that runs out of memory, ends the sweep of
     that configuration.
+With --task (checkpoints of train_tiny.py --task): the prompts are the task's held-out puzzles,
+the same max(--batch-sizes) of them at every batch size (batch B decodes them B at a time),
+gen-len and the block length are the answer's length, and the useful tokens are those of the
+puzzles solved exactly (bench/task.py: check_rows); gen_ppl is then of the solved answers only.
 Before any timing, two exactness checks run: AR with the cache == AR without it, and the
 block cache == no cache, token for token.
 Output: a table, --out FILE (JSON records, rewritten after every point), and two plots beside it (tokens/s vs batch; the
@@ -43,7 +49,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm import backend
+from mini_dlm import backend, tasks
 from mini_dlm.checkpoint import load_checkpoint
 from mini_dlm.cli import Parser, positive_float, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
@@ -51,6 +57,7 @@ from mini_dlm.sampler import finish, generate, generate_ar
 from mini_dlm.tokenizer import useful_lengths
 
 from quality import generative_nll
+from task import check_rows, held_out, load_task_model, prompt_ids
 from roofline import copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak, timed_call
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
@@ -100,6 +107,8 @@ def get_parser():
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights and activations; auto: bfloat16 on a GPU, float32 on a CPU")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the prompts")
+    p.add_argument("--task", action="store_true", help="the checkpoints' generated task (train_tiny.py --task): "
+                   "held-out puzzles as prompts, only solved puzzles' tokens useful (default: off, text)")
     p.add_device_flag()
     p.add_argument("--out", default="bench-out/efficiency.json", help="JSON records (bench-out/ is git-ignored; "
                    "notes/bench/ keeps the recorded runs); the plots go beside it (_throughput.png, _roofline.png)")
@@ -147,17 +156,39 @@ def make_prompts(tok, data, n, prompt_len):
     return [val[i * step:i * step + prompt_len] for i in range(n)]
 
 
-def decode_fn(config, models, prompts, G, args):
-    """(the model config runs, a function that runs one generation: -> (x (B, P + G), stats))."""
+def task_prompts(args):
+    """--task: set gen-len, prompt-len and block-len from the checkpoints' task -> (prompts: the
+    first max(--batch-sizes) held-out puzzles, useful: gen (N, G) -> (N,) G for a solved puzzle, else 0)."""
+    _, tok, task = load_task_model(args.ar_ckpt, "--ar-ckpt")
+    if load_task_model(args.dlm_ckpt, "--dlm-ckpt")[2][:2] != task[:2]:
+        raise ValueError("--dlm-ckpt was trained on another task or seed than --ar-ckpt")
+    sudoku = tasks.SUDOKUS[task[0]]
+    args.gen_lens, args.prompt_len, args.block_len = [sudoku.answer_len], sudoku.prompt_len, sudoku.answer_len
+    pairs = held_out(task, max(args.batch_sizes))
+
+    def useful(gen):  # (N, G) -> (N,): every token of a solved puzzle, none of the others
+        return check_rows(tok, sudoku, pairs, gen.cpu())[0].long() * sudoku.answer_len
+    return [prompt_ids(tok, p) for p, _ in pairs], useful
+
+
+def decode_fn(config, models, prompts, G, args, batch):
+    """(the model config runs, a function that runs one generation of all prompts, batch rows at a
+    time: -> (x (N, P + G), forward passes))."""
     b, tau = args.block_len, args.threshold
     if config == "ar":
-        return models["ar"], lambda: finish(generate_ar(models["ar"], prompts, gen_len=G))
-    if config == "threshold+block":
-        m = models["block"]
-        return m, lambda: finish(generate(m, prompts, gen_len=G, block_len=m.config.block_size, threshold=tau,
-                                          cache="block"))
-    kw = {"dlm": {}, "threshold": dict(threshold=tau), "threshold+dual": dict(threshold=tau, cache="dual")}[config]
-    return models["dlm"], lambda: finish(generate(models["dlm"], prompts, gen_len=G, steps=G, block_len=b, **kw))
+        model, run_one = models["ar"], lambda p: generate_ar(models["ar"], p, gen_len=G)
+    elif config == "threshold+block":
+        model = models["block"]
+        bb = model.config.block_size
+        run_one = lambda p: generate(model, p, gen_len=G, block_len=bb, threshold=tau, cache="block")  # noqa: E731
+    else:
+        kw = {"dlm": {}, "threshold": dict(threshold=tau), "threshold+dual": dict(threshold=tau, cache="dual")}[config]
+        model, run_one = models["dlm"], lambda p: generate(models["dlm"], p, gen_len=G, steps=G, block_len=b, **kw)
+
+    def fn():
+        runs = [finish(run_one(prompts[i:i + batch])) for i in range(0, len(prompts), batch)]
+        return torch.cat([x for x, _ in runs]), sum(s["forward_passes"] for _, s in runs)
+    return model, fn
 
 
 def validate(models, prompts, args):
@@ -176,12 +207,13 @@ def validate(models, prompts, args):
         raise ValueError("an exact cache disagrees with its no-cache run: fix the sampler before timing it")
 
 
-def measure(config, models, prompts, G, args, device, eot_id, roofs):
-    """One point of the grid -> (record, forward log of the untimed run). roofs: (peak FLOP/s,
-    bytes/s) for the roofline's predicted time."""
-    model, fn = decode_fn(config, models, prompts, G, args)
+def measure(config, models, prompts, G, args, device, useful_fn, roofs, batch):
+    """One point of the grid: the prompts, batch at a time -> (record, forward log of the untimed
+    run). useful_fn: gen (N, G) -> (N,) useful tokens per row. roofs: (peak FLOP/s, bytes/s) for
+    the roofline's predicted time."""
+    model, fn = decode_fn(config, models, prompts, G, args, batch)
     with count_forwards(model) as log:
-        x, stats = fn()  # untimed: warms up, logs the cost, gives the tokens
+        x, passes = fn()  # untimed: warms up, logs the cost, gives the tokens
     runs = []
     for _ in range(args.repeats):
         (xt, _), dt = timed_call(fn, device)
@@ -189,18 +221,21 @@ def measure(config, models, prompts, G, args, device, eot_id, roofs):
             raise ValueError(f"{config}: a timed run differs from the logged one (non-deterministic decoding)")
         runs.append(dt)
     sec = statistics.median(runs)
-    B, P = x.shape[0], x.shape[1] - G
-    gen = x[:, P:]  # (B, G); every prompt has prompt_len tokens: no padding
-    useful = useful_lengths(gen, eot_id)  # (B,)
+    N, P = x.shape[0], x.shape[1] - G
+    gen = x[:, P:]  # (N, G); every prompt has prompt_len tokens: no padding
+    useful = useful_fn(gen)  # (N,)
     gens = [g[:n].tolist() for g, n in zip(gen, useful.tolist())]
     nll = generative_nll(models["ar"], prompts, gens)
-    passes = stats["forward_passes"]
-    rec = dict(config=config, batch_size=B, gen_len=G, prompt_len=P, seconds=sec, runs=runs,
-               tokens_per_s=B * G / sec, useful_tokens=int(useful.sum()), useful_tokens_per_s=int(useful.sum()) / sec,
-               forward_passes=passes, tokens_per_forward=G / passes, positions_per_token=log.positions / (B * G),
+    chunks = math.ceil(N / batch)
+    rec = dict(config=config, batch_size=batch, rows=N, gen_len=G, prompt_len=P, seconds=sec, runs=runs,
+               tokens_per_s=N * G / sec, useful_tokens=int(useful.sum()), useful_tokens_per_s=int(useful.sum()) / sec,
+               forward_passes=passes, tokens_per_forward=G * chunks / passes,
+               positions_per_token=log.positions / (N * G),
                gen_ppl=math.exp(nll), flops=log.total_flops, bytes=log.total_bytes,
                intensity=log.total_flops / log.total_bytes, flops_per_s=log.total_flops / sec,
                roofline_seconds=log.predict_seconds(*roofs))
+    if args.task:
+        rec["solved"] = float((useful > 0).float().mean())  # the share of puzzles solved exactly
     return rec, log
 
 
@@ -230,8 +265,12 @@ def main(argv=None):
     if not args.block_ckpt and "threshold+block" in configs:
         configs.remove("threshold+block")
 
+    if args.task:  # before load_models, which checks the lengths
+        prompts_all, useful_fn = task_prompts(args)
     models, tok = load_models(args, device)
-    prompts_all = make_prompts(tok, args.data, max(args.batch_sizes), args.prompt_len)
+    if not args.task:
+        prompts_all = make_prompts(tok, args.data, max(args.batch_sizes), args.prompt_len)
+        useful_fn = lambda gen: useful_lengths(gen, tok.eot_id)  # noqa: E731
     peak = matmul_peak(device, dtype)
     bandwidth = copy_bandwidth(device)
     meta = dict(device=f"{device} ({device_name(device)})", torch=torch.__version__, dtype=str(dtype).split(".")[1],
@@ -251,7 +290,7 @@ def main(argv=None):
             m.forward = torch.compile(m.forward)
 
     try:
-        records, logs = sweep(args, models, prompts_all, tok.eot_id, configs, kinds, device, meta,
+        records, logs = sweep(args, models, prompts_all, useful_fn, configs, kinds, device, meta,
                               lambda recs: save(args.out, meta, recs, crossover=[]))  # a stopped run keeps its points
     finally:
         backend.set_backend("auto")
@@ -272,9 +311,10 @@ def save(path, meta, records, **extra):
     os.replace(tmp, path)
 
 
-def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_record):
+def sweep(args, models, prompts_all, useful_fn, configs, kinds, device, meta, on_record):
     """The grid: every gen-len, configuration, ops backend and batch size, printed as it goes;
-    on_record(records) runs after each point.
+    on_record(records) runs after each point. Batch B decodes prompts_all[:B], or with --task all
+    of prompts_all, B at a time.
     -> (records, {(config, ops, gen_len): (smallest batch, its ForwardLog)})."""
     records, logs = [], {}
     print(f"\n{'config':<16} {'ops':<5} {'G':>4} {'B':>4} {'passes':>6} {'tok/pass':>8} {'tok/s':>9} "
@@ -286,7 +326,8 @@ def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_re
                 backend.set_backend(kind)
                 for B in args.batch_sizes:
                     try:
-                        rec, log = measure(config, models, prompts_all[:B], G, args, device, eot_id, roofs)
+                        prompts = prompts_all if args.task else prompts_all[:B]
+                        rec, log = measure(config, models, prompts, G, args, device, useful_fn, roofs, B)
                     except RuntimeError as e:  # torch.OutOfMemoryError on a GPU, an allocator error on a CPU
                         if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
                             raise
@@ -299,7 +340,8 @@ def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_re
                     print(f"{config:<16} {kind:<5} {G:>4} {B:>4} {rec['forward_passes']:>6} "
                           f"{rec['tokens_per_forward']:>8.2f} {rec['tokens_per_s']:>9.1f} "
                           f"{rec['useful_tokens_per_s']:>9.1f} {rec['flops_per_s'] / 1e9:>8.2f} "
-                          f"{rec['intensity']:>7.1f} {rec['gen_ppl']:>8.2f}")
+                          f"{rec['intensity']:>7.1f} {rec['gen_ppl']:>8.2f}" +
+                          (f" solved {100 * rec['solved']:.1f}%" if args.task else ""))
                     if rec["seconds"] > args.max_seconds:
                         break
     return records, logs
@@ -308,7 +350,10 @@ def sweep(args, models, prompts_all, eot_id, configs, kinds, device, meta, on_re
 def crossovers(records, logs, meta, configs, kinds, gen_lens):
     """For each DLM configuration: B* where AR's useful tokens/s overtakes it. Predicted twice
     (the spec's closed form with the measured w; the roofline model scaled from the smallest
-    batch measured), and measured (the first batch of the grid where AR is at least as fast)."""
+    batch measured), and measured (the first batch of the grid where AR is at least as fast).
+    Both predictions count useful tokens: when a configuration keeps a share s of what it
+    generates (--task: the puzzles it solves), it computes w / s positions per useful token, so
+    the closed form becomes ridge * (elem / 2) * (s_dlm / s_ar) / w."""
     out = []
     print("\ncrossover: the batch where AR (KV cache) overtakes each DLM configuration")
     print(f"{'config':<16} {'ops':<5} {'G':>4} {'w':>6} {'tok/pass':>8} {'B* formula':>10} {'B* roofline':>11} "
@@ -316,8 +361,12 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
     by_key = {(r["config"], r["ops"], r["gen_len"], r["batch_size"]): r for r in records}
     grid = sorted({round(2 ** (i / 4)) for i in range(0, 4 * 16 + 1)})  # 1 .. 65536, four per octave
 
-    def tps(log, b0, b, G):  # roofline tokens/s at batch b, from a log taken at batch b0
-        return b * G / log.predict_seconds(meta["peak_flops"], meta["bandwidth"], b / b0)
+    def tps(log, b0, b, G, rec):  # roofline useful tokens/s at batch b, from the log of rec (rows taken b0 at a time)
+        rows = rec.get("rows", b0)
+        return share(rec) * rows * b / b0 * G / log.predict_seconds(meta["peak_flops"], meta["bandwidth"], b / b0)
+
+    def share(rec):  # the useful share of what a configuration generated
+        return rec["useful_tokens"] / (rec.get("rows", rec["batch_size"]) * rec["gen_len"])
 
     def show(v):
         return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -328,8 +377,10 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
         (ar_B, ar_log), (B0, log) = logs[("ar", kind, G)], logs[(config, kind, G)]
         first = by_key[(config, kind, G, B0)]
         w = first["positions_per_token"]
-        formula = crossover_closed_form(meta["ridge"], 4 if meta["dtype"] == "float32" else 2, w)
-        model_b = next((b for b in grid if tps(ar_log, ar_B, b, G) >= tps(log, B0, b, G)), None)
+        ar_first = by_key[("ar", kind, G, ar_B)]
+        formula = None if not share(ar_first) else crossover_closed_form(
+            meta["ridge"], 4 if meta["dtype"] == "float32" else 2, w) * share(first) / share(ar_first)
+        model_b = next((b for b in grid if tps(ar_log, ar_B, b, G, ar_first) >= tps(log, B0, b, G, first)), None)
         measured = next((B for (c, o, g, B), r in sorted(by_key.items(), key=lambda kv: kv[0][3])
                          if (c, o, g) == (config, kind, G) and ("ar", kind, G, B) in by_key
                          and by_key[("ar", kind, G, B)]["useful_tokens_per_s"] >= r["useful_tokens_per_s"]), None)
@@ -338,7 +389,8 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
         out.append(row)
         print(f"{config:<16} {kind:<5} {G:>4} {w:>6.2f} {row['tokens_per_forward']:>8.2f} {show(formula):>10} "
               f"{show(model_b):>11} {show(measured):>11}")
-    print("(B* formula = ridge * bytes_per_element / 2 / w, w = positions computed per token; roofline: the first "
+    print("(B* formula = ridge * bytes_per_element / 2 / w, w = positions computed per token, times the useful share "
+          "of the configuration over AR's (1 / 1 for text without end-of-text); roofline: the first "
           "batch where the roofline model puts AR ahead; measured: the first batch of the grid where AR's useful "
           "tokens/s >= the configuration's; '-' = not within the range)")
     return out

@@ -14,6 +14,11 @@ revealing the tokens one at a time in a random order (an any-order AR model), wh
 the NLL. Without 1/p (a common shortcut) state k gets weight k / (L + 1): heavily masked, hard
 states dominate, and the number is no longer a likelihood bound (notes/02 works this out).
 
+Prompted rows (a generated task, train_tiny.py --task): the first prompt_len columns of a
+row are the condition, never masked and never scored; the loss is the bound on the answer's
+NLL given them, per answer token (LLaDA's supervised fine-tuning masks only the response).
+The AR twin likewise scores only the answer's tokens.
+
 Block diffusion (BD3-LM, Arriola et al. 2025; config.block_size = b > 0). The window is cut
 into blocks of b; each block gets its own t and is denoised given the *clean* earlier blocks,
 so the bound is a sum over blocks, and a sampler can cache finished blocks exactly. All blocks
@@ -51,13 +56,14 @@ def forward_process(x0, t, mask_id, eps=EPS, generator=None, u=None):
     return x_t, masked, p
 
 
-def elbo_loss(logits, x0, masked, p):
+def elbo_loss(logits, x0, masked, p, prompt_len=0):
     """The negative-ELBO estimate above, in nats per token. logits (B, L, V), x0/masked (B, L),
-    p (B,) per row or (B, L) per token."""
+    p (B,) per row or (B, L) per token. prompt_len: columns that are never masked; the tokens
+    counted are the other L - prompt_len of each row."""
     B, L = x0.shape
     ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")  # (n_masked,)
     weight = (1.0 / (p[:, None] if p.dim() == 1 else p)).expand(B, L)[masked]  # (n_masked,): 1/p of each
-    return (ce * weight).sum() / (B * L)
+    return (ce * weight).sum() / (B * (L - prompt_len))
 
 
 def bd3_attention_mask(L, b, device="cpu"):
@@ -87,27 +93,48 @@ def denoise(model, x_t, x0):
     return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos)[:, :L]
 
 
-def mdm_loss(model, x0, t, generator=None, u=None):
-    """One training loss for the mask predictor: noise x0 at times t ((B,) or (B, L)), predict, ELBO."""
-    x_t, masked, p = forward_process(x0, t, model.config.mask_id, generator=generator, u=u)
-    return elbo_loss(denoise(model, x_t, x0), x0, masked, p)
+def keep_prompt(u, prompt_len):
+    """The mask uniforms u (B, L) with the first prompt_len columns set to 2: above any p, so
+    the prompt is never masked. A copy when it changes anything."""
+    if not prompt_len:
+        return u
+    u = u.clone()
+    u[:, :prompt_len] = 2.0
+    return u
 
 
-def ar_loss(model, x):
-    """Next-token cross-entropy on windows x (B, L+1): predict x[:, 1:] from x[:, :-1]."""
+def mdm_loss(model, x0, t, generator=None, u=None, prompt_len=0):
+    """One training loss for the mask predictor: noise x0 at times t ((B,) or (B, L)), predict,
+    ELBO; the first prompt_len columns stay clean and unscored."""
+    if u is None:
+        u = torch.rand(x0.shape, generator=generator, device=x0.device)
+    x_t, masked, p = forward_process(x0, t, model.config.mask_id, u=keep_prompt(u, prompt_len))
+    return elbo_loss(denoise(model, x_t, x0), x0, masked, p, prompt_len)
+
+
+def ar_loss(model, x, prompt_len=0):
+    """Next-token cross-entropy on windows x (B, L+1): predict x[:, 1:] from x[:, :-1]. With a
+    prompt, only the targets in columns prompt_len .. L - 1 of x count (the answer; the last
+    column, a task row's filler, does not)."""
     logits = model(x[:, :-1])  # (B, L, V), causal
-    return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+    target = x[:, 1:]  # (B, L): target j is column j + 1 of x
+    if prompt_len:
+        target = target.clone()
+        target[:, :prompt_len - 1] = -100  # the prompt predicts nothing
+        target[:, -1] = -100  # column L: past the answer
+    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
 
 
-def loss_fn(model, batch, generator=None, shard=(0, 1)):
-    """The training loss of either objective on a batch of windows (B, seq_len + 1).
+def loss_fn(model, batch, generator=None, shard=(0, 1), prompt_len=0):
+    """The training loss of either objective on a batch of windows (B, seq_len + 1); with
+    prompt_len, of the answer given the prompt (see the module docstring).
     shard = (rank, n) under DDP (train_tiny.py): batch is rows rank*B .. (rank+1)*B - 1 of a
     global batch of n*B rows. The noise (t, masks) is drawn for the global batch and the same
     rows kept, so n ranks together draw exactly what one process would. Each rank's loss is a
     mean over its B rows (elbo_loss's 1 / (B * L), ar_loss's mean), so the mean over the ranks,
     which DDP takes of the gradients, is the global batch's loss."""
     if model.config.objective == "ar":
-        return ar_loss(model, batch)
+        return ar_loss(model, batch, prompt_len)
     x0 = batch[:, :-1]
     B, L = x0.shape
     rank, n = shard
@@ -118,11 +145,11 @@ def loss_fn(model, batch, generator=None, shard=(0, 1)):
     else:
         t = sample_t(n * B, generator, x0.device)[rows]  # (B,)
     u = torch.rand((n * B, L), generator=generator, device=x0.device)[rows]  # (B, L): decides the masks
-    return mdm_loss(model, x0, t, generator, u)
+    return mdm_loss(model, x0, t, generator, u, prompt_len)
 
 
 @torch.no_grad()
-def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed=1234):
+def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed=1234, prompt_len=0):
     """val_ids: the validation token stream, or document rows (N, seq_len + 1).
     Validation figure that compares across runs: the same windows, t values and masks each time.
 
@@ -131,6 +158,7 @@ def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed
          For block diffusion every block of a window takes the same t_j: the bound is a sum of
          per-block integrals over t, each approximated by the same quadrature.
     ar:  the exact next-token NLL in nats/token.
+    prompt_len: rows are prompt + answer (a task); both figures are per answer token, given the prompt.
     Returns {"nats": ..., "ppl": exp(nats)} (for mdm, ppl is an upper bound on perplexity)."""
     was_training = model.training
     model.eval()
@@ -149,14 +177,15 @@ def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed
     for i in range(0, n_win, batch_size):
         w = windows[i:i + batch_size]
         if model.config.objective == "ar":
-            total += ar_loss(model, w.to(device)).item() * len(w)
+            total += ar_loss(model, w.to(device), prompt_len).item() * len(w)
             continue
         x0 = w[:, :-1]
         for j in range(n_t):
             t = torch.full((len(x0),), (j + 0.5) / n_t)
-            x_t, masked, p = forward_process(x0, t, model.config.mask_id, generator=gen)  # masks drawn on CPU
+            u = keep_prompt(torch.rand(x0.shape, generator=gen), prompt_len)  # masks drawn on CPU
+            x_t, masked, p = forward_process(x0, t, model.config.mask_id, u=u)
             logits = denoise(model, x_t.to(device), x0.to(device))
-            total += elbo_loss(logits, x0.to(device), masked.to(device), p.to(device)).item() * len(w) / n_t
+            total += elbo_loss(logits, x0.to(device), masked.to(device), p.to(device), prompt_len).item() * len(w) / n_t
     model.train(was_training)
     nats = total / n_win
     return {"nats": nats, "ppl": math.exp(min(nats, 700.0))}

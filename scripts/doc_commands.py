@@ -11,7 +11,8 @@ that only illustrates); one after <!-- check_docs: slow --> is left out by quick
 Substitutions, so that the whole check takes minutes on a 2-core CPU; what later commands
 depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths) is kept:
   train_tiny.py        --max-iters <= 10, --batch-size <= 4, --n-layer <= 2, --n-head <= 2,
-                       --n-embd <= 64, --eval-windows <= 4 (added where a default is larger)
+                       --n-embd <= 64, --eval-windows <= 4, --task-train <= 256, --task-test <= 32
+                       (added where a default is larger)
   torchrun             --nproc_per_node <= 2
   bench/efficiency.py  --batch-sizes 1, --repeats 1, only the shortest of --gen-lens (128 of the
                        default 128,256; --quick's 64 stays), --configs ar with --compile;
@@ -21,6 +22,7 @@ depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths)
   bench/decoding.py, bench/threshold.py   --num-prompts <= 4
   bench/cloze.py       --n <= 8;  bench/cfg.py  --n <= 4, --repeats <= 1
   bench/kernels.py     --repeats <= 2
+  bench/task.py        --n <= 16 (within the capped --task-test)
 Skipped, with the reason printed:
   pip ...                      setup: CI's setup stage runs it (the scratch copy has the build)
   python -m pytest -q tests    the whole suite: CI's test stage runs it (single files do run)
@@ -38,7 +40,8 @@ MARK = re.compile(r"<!-- check_docs: (skip|slow) -->")
 SHELL_FENCES = ("bash", "sh", "shell")
 CAPS = {  # script: {flag: (cap, the script's default)}
     "train_tiny.py": {"--max-iters": (10, 5000), "--batch-size": (4, 32), "--n-layer": (2, 6), "--n-head": (2, 6),
-                      "--n-embd": (64, 384), "--eval-windows": (4, 64)},
+                      "--n-embd": (64, 384), "--eval-windows": (4, 64), "--task-train": (256, 50_000),
+                      "--task-test": (32, 2000)},
     "bench/sampling.py": {"--gen-len": (64, 256)},
     "bench/length.py": {"--num-prompts": (8, 50)},
     "bench/decoding.py": {"--num-prompts": (4, 16)},
@@ -46,6 +49,7 @@ CAPS = {  # script: {flag: (cap, the script's default)}
     "bench/cloze.py": {"--n": (8, 200)},
     "bench/cfg.py": {"--n": (4, 32), "--repeats": (1, 3)},
     "bench/kernels.py": {"--repeats": (2, 10)},
+    "bench/task.py": {"--n": (16, 500)},
     "torchrun": {"--nproc_per_node": (2, 1)},
 }
 SETS = {"bench/efficiency.py": {"--batch-sizes": "1", "--repeats": "1"}}  # script: {flag: value}

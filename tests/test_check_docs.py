@@ -115,6 +115,9 @@ def test_torchrun_and_benchmark_substitutions():
     assert plan("python bench/efficiency.py --replot a.json")[0] == ["python", "bench/efficiency.py", "--replot", "a.json"]
     assert value(plan("python bench/sampling.py --gen-len 32")[0], "--gen-len") == "32"
     assert value(plan("python bench/sampling.py")[0], "--gen-len") == "64"
+    words, _ = plan("python train_tiny.py --task sudoku6 --task-train 100000")  # the generated task stays small
+    assert value(words, "--task-train") == "256" and value(words, "--task-test") == "32"
+    assert value(plan("python bench/task.py --quick")[0], "--n") == "16"  # held-out puzzles within --task-test
 
 
 def test_marked_blocks(commands):
