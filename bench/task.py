@@ -263,12 +263,28 @@ def main(argv=None):
     print(f"\nwrote {args.out}")
 
 
+def row_table(results, pairs, tok, n):
+    """{decoder: (blank-cell accuracy per grid row, the share of its failed puzzles whose first
+    wrong cell in reading order is in that row)}: where reading order goes wrong."""
+    truth = torch.tensor([tok.encode(tasks.to_text(s)) for _, s in pairs])  # (N, G)
+    blank = torch.tensor([[v == 0 for v in p] for p, _ in pairs]).view(-1, n, n)  # (N, rows, columns)
+    out = {}
+    for d, r in results.items():
+        wrong = r["gen"] != truth  # (N, G)
+        failed = wrong.any(dim=1)  # (N,)
+        first_row = wrong[failed].float().argmax(dim=1) // n  # (failed,): the row of the first wrong cell
+        out[d] = ([float((~wrong).view(-1, n, n)[:, i][blank[:, i]].float().mean()) for i in range(n)],
+                  [float((first_row == i).float().mean()) if failed.any() else 0.0 for i in range(n)])
+    return out
+
+
 def analyse(results, pairs, sudoku, tok):
-    """Print and return where each decoder succeeds: by puzzle class and by cell depth."""
+    """Print and return where each decoder succeeds: by puzzle class, by cell depth, by grid row."""
     depth = depth_labels(sudoku, pairs)  # (N, G)
     singles = (depth < len(DEPTHS) - 1).all(dim=1)  # (N,): solvable by singles alone
+    taus = sorted((d for d in results if d.startswith("t") and "-" not in d), key=lambda d: float(d[1:]))
     names = [d for d in ("ar", "llada", "llada-random", "llada-rows") if d in results] + \
-        [d for d in results if d.startswith("t") and d.endswith("-dual")][:1]
+        [d for d in taus[-1:] + [f"{t}-dual" for t in taus[-1:]] if d in results]
     print(f"\nexact % by puzzle: solvable by singles alone ({int(singles.sum())}) or not ({int((~singles).sum())})")
     by_class = {}
     for d in names:
@@ -288,7 +304,13 @@ def analyse(results, pairs, sudoku, tok):
     agreement = {d: order_agreement(results[d]["when"], depth) for d in names}
     print("order agreement (pairs of blanks of different depth filled shallower first; 0.5 = blind to depth): " +
           ", ".join(f"{d} {v:.2f}" for d, v in agreement.items()))
-    return dict(by_class=by_class, cells=cells, depth_share=share, order_agreement=agreement)
+    rows = row_table({d: results[d] for d in names}, pairs, tok, sudoku.n)
+    print("\nby grid row (AR writes row 1 first): blank cells right % / % of the failed puzzles whose first wrong "
+          "cell is in the row")
+    print(f"{'row':<4} " + " ".join(f"{d:>17}" for d in names))
+    for i in range(sudoku.n):
+        print(f"{i + 1:<4} " + " ".join(f"{100 * rows[d][0][i]:>9.1f} / {100 * rows[d][1][i]:>5.1f}" for d in names))
+    return dict(by_class=by_class, cells=cells, depth_share=share, order_agreement=agreement, by_row=rows)
 
 
 if __name__ == "__main__":
