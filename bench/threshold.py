@@ -105,6 +105,7 @@ def plot(records, args, device):
                  f"cache {args.cache}, T={args.temperature:g}, {device}", fontsize=9)
     fig.tight_layout()
     path = args.out + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
