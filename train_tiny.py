@@ -109,19 +109,21 @@ def fmt_preset(values):
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
 
 
-def parse_args(argv=None, p=None):
-    """The flags, on top of the preset's values (--preset auto: the device's) on top of the
-    defaults of the parser p (default: get_parser(); p.get_default then gives the preset's)."""
-    p = p or get_parser()
-    args = p.parse_args(argv)
+def parse_args(argv=None):
+    """The flags of argv, on top of the preset's values (--preset auto: the device's), on top of
+    the parser's defaults. With --task, --seq-len defaults to the task's row length."""
+    args, given = get_parser().parse_given(argv)
     preset = args.preset
     if preset == "auto":
         preset = "gpu" if resolve_device(args.device).type == "cuda" else "cpu"
         print(f"preset: {preset}, this machine's ({'a GPU' if preset == 'gpu' else 'no GPU'}); "
               "--preset and any flag override it")
-    if preset != "none":
-        p.set_defaults(**PRESETS[preset])
-        args = p.parse_args(argv)  # again: the flags given win over the preset
+    values = dict(PRESETS.get(preset, {}))
+    if args.task:
+        values["seq_len"] = SUDOKUS[args.task].prompt_len + SUDOKUS[args.task].answer_len
+    for k, v in values.items():
+        if k not in given:  # a flag given on the command line wins
+            setattr(args, k, v)
     args.preset = preset
     return args
 
@@ -134,17 +136,14 @@ def lr_at(it, args):
     return args.min_lr + 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) * (args.lr - args.min_lr)
 
 
-def check_flags(args, parser):
-    """What the flag types alone cannot check, before the data is read or anything is kept.
-    With --task, sets --seq-len to the task's row length (prompt + answer)."""
+def check_flags(args):
+    """What the flag types alone cannot check, before the data is read or anything is kept."""
     if args.task:
-        sudoku = SUDOKUS[args.task]
-        need = sudoku.prompt_len + sudoku.answer_len
-        if args.seq_len not in (need, parser.get_default("seq_len")):
+        need = SUDOKUS[args.task].prompt_len + SUDOKUS[args.task].answer_len
+        if args.seq_len != need:
             raise ValueError(f"--task {args.task} rows are {need} tokens: leave --seq-len out or give {need}")
         if args.docs or args.block_size:
             raise ValueError("--task trains full-attention diffusion or AR models on its own rows: no --docs, --block-size")
-        args.seq_len = need
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it
@@ -152,9 +151,8 @@ def check_flags(args, parser):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parse_args(argv, parser)
-    check_flags(args, parser)
+    args = parse_args(argv)
+    check_flags(args)
     args.threads = set_threads(args.threads)
     world = distributed.setup(resolve_device(args.device))  # torchrun: join the process group; else a world of one
     try:

@@ -35,16 +35,18 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.cli import Parser, autocast, check_out_dir, positive_int, print_config, probability, resolve_device, run
+from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, parse_quick, positive_int,
+                          print_config, probability, resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA
-from mini_dlm.guidance import Guided, check_cfg_scale
+from mini_dlm.guidance import Guided
 from mini_dlm.sampler import CACHES, NoCache, finish, generate, make_canvas
 
-from efficiency import apply_quick, make_prompts, save
+from efficiency import make_prompts, save
+from report import print_table
 from quality import distinct3, generative_nll, load_with_judge
 from roofline import count_forwards, device_name, timed
 
-QUICK = dict(n=4, prompt_len=16, gen_len=16, block_len=16, repeats=1)  # --quick, for flags left at their defaults
+QUICK = dict(n=4, prompt_len=16, gen_len=16, block_len=16, repeats=1)  # --quick, for the flags not given
 
 
 def get_parser():
@@ -52,7 +54,8 @@ def get_parser():
     p.add_argument("--dlm", default="out/ckpt.pt", help="diffusion checkpoint (full attention or block diffusion)")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint (same tokenizer) that judges the output")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the prompts")
-    p.add_argument("--scales", default="0,0.5,1,2", help="comma-separated guidance scales s >= 0")
+    p.add_argument("--scales", type=comma_list(non_negative_float), default="0,0.5,1,2",
+                   help="comma-separated guidance scales s >= 0")
     p.add_argument("--n", type=positive_int, default=32, help="prompts (one batch)")
     p.add_argument("--prompt-len", type=positive_int, default=32, help="prompt tokens")
     p.add_argument("--gen-len", type=positive_int, default=64, help="tokens generated per prompt")
@@ -66,17 +69,6 @@ def get_parser():
     p.add_device_flag()
     p.add_argument("--out", default="bench-out/cfg.json", help="JSON records (bench-out/ is git-ignored)")
     return p
-
-
-def scale_list(s):
-    """'0,0.5,1' -> [0.0, 0.5, 1.0]; ValueError unless each is a finite number >= 0."""
-    try:
-        scales = [float(v) for v in s.split(",")]
-    except ValueError:
-        raise ValueError(f"--scales: expected comma-separated numbers, got {s!r}") from None
-    for v in scales:
-        check_cfg_scale(v)
-    return scales
 
 
 def pmi(ar, prompts, gens):
@@ -114,10 +106,8 @@ def measure(run_scale, s, model, ar, prompts, args, device):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    apply_quick(args, parser, QUICK)
-    scales = scale_list(args.scales)
+    args = parse_quick(get_parser(), argv, QUICK)
+    scales = args.scales
     check_out_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
     device = resolve_device(args.device)
     model, tok, ar = load_with_judge(args.dlm, args.ar, device)
@@ -138,16 +128,15 @@ def main(argv=None):
     with autocast(device):
         run_scale(max(scales))  # warm-up
         records = [measure(run_scale, s, model, ar, prompts, args, device) for s in scales]
-    n_tok = args.n * args.gen_len
+    for r in records:
+        r["tok_per_s"] = args.n * args.gen_len / r["seconds"]
     print(f"\n{args.n} prompts of {args.prompt_len} tokens x {args.gen_len} generated, one batch, greedy, "
           f"threshold {args.threshold}, cache {args.cache}, on {device_name(device)}")
-    print(f"{'cfg scale':>9} {'seconds':>8} {'tok/s':>8} {'passes':>6} {'positions':>10} {'gen ppl':>8} {'PMI':>7} "
-          f"{'distinct3':>9}")
-    for r in records:
-        print(f"{r['scale']:>9g} {r['seconds']:>8.2f} {n_tok / r['seconds']:>8.1f} {r['forward_passes']:>6d} "
-              f"{r['positions']:>10,d} {r['gen_ppl']:>8.2f} {r['pmi']:>7.3f} {r['distinct3']:>9.2f}")
-    print("(positions: computed by the model, all rows and passes; PMI: nats/token the prompt saves the AR judge "
-          "on the generated text, higher = closer to the prompt)")
+    print_table([("cfg scale", ">9g", "scale"), ("seconds", ">8.2f", "seconds"), ("tok/s", ">8.1f", "tok_per_s"),
+                 ("passes", ">6d", "forward_passes"), ("positions", ">10,d", "positions"), ("gen ppl", ">8.2f", "gen_ppl"),
+                 ("PMI", ">7.3f", "pmi"), ("distinct3", ">9.2f", "distinct3")], records,
+                "positions: computed by the model, all rows and passes; PMI: nats/token the prompt saves the AR "
+                "judge on the generated text, higher = closer to the prompt")
     save(args.out, meta, records)
     print(f"wrote {args.out}")
 

@@ -36,15 +36,17 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.cli import Parser, autocast, check_out_dir, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, parse_quick, positive_int, print_config,
+                          resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import denoise, finish, generate_ar
 
-from efficiency import apply_quick, int_list, save
+from efficiency import save
+from report import print_table
 from quality import generative_nll, load_with_judge
 from roofline import device_name
 
-QUICK = dict(n=8, left=16, right=16)  # --quick, for flags left at their defaults
+QUICK = dict(n=8, left=16, right=16)  # --quick, for the flags not given
 
 
 def get_parser():
@@ -53,7 +55,7 @@ def get_parser():
     p.add_argument("--dlm", default="out/ckpt.pt", help="full-attention diffusion checkpoint")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint of the same data and tokenizer")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the windows")
-    p.add_argument("--k", default="1,4,16", help="comma-separated blank lengths")
+    p.add_argument("--k", type=comma_list(positive_int), default="1,4,16", help="comma-separated blank lengths")
     p.add_argument("--n", type=positive_int, default=200, help="windows per blank length")
     p.add_argument("--left", type=positive_int, default=64, help="real tokens left of the blank")
     p.add_argument("--right", type=positive_int, default=64, help="real tokens right of the blank")
@@ -94,7 +96,7 @@ def dlm_fill(model, lefts, k, rights):
 def dlm_nll(model, lefts, truths, rights, order):
     """Summed NLL (nats) of the blanks' true tokens under the mask predictor: order "1-shot"
     (all masked, one forward) or "l2r" (revealed left to right, k forwards)."""
-    n, L, k, M = len(lefts), lefts.shape[1], truths.shape[1], model.config.mask_id
+    L, k, M = lefts.shape[1], truths.shape[1], model.config.mask_id
     total = 0.0
     for i in range(1 if order == "1-shot" else k):
         blank = truths.clone()
@@ -143,10 +145,8 @@ def check_models(dlm, ar, args, k_max):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    apply_quick(args, parser, QUICK)
-    ks = int_list(args.k)
+    args = parse_quick(get_parser(), argv, QUICK)
+    ks = args.k
     check_out_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
     device = resolve_device(args.device)
     dlm, tok, ar = load_with_judge(args.dlm, args.ar, device)
@@ -162,13 +162,12 @@ def main(argv=None):
             records.append(measure(dlm, ar, ids, starts, k, args))
     print(f"\n{args.n} windows of validation text: {args.left} tokens + a blank of k + {args.right} tokens (the AR "
           f"model sees the {args.left} on the left), greedy, on {device_name(device)}")
-    print(f"{'k':>4} {'DLM exact':>9} {'DLM acc':>8} {'nll 1-shot':>10} {'nll l2r':>8} {'AR exact':>9} {'AR acc':>7} "
-          f"{'AR nll':>7}")
-    for r in records:
-        print(f"{r['k']:>4d} {r['dlm_exact']:>9.1%} {r['dlm_right']:>8.1%} {r['dlm_nll_1shot']:>10.3f} "
-              f"{r['dlm_nll_l2r']:>8.3f} {r['ar_exact']:>9.1%} {r['ar_right']:>7.1%} {r['ar_nll']:>7.3f}")
-    print("(exact: windows whose blank is filled exactly; acc: tokens right; nll: nats per blank token of the true "
-          "text, DLM masked all at once (1-shot) or revealed left to right (l2r), AR given the left side only)")
+    print_table([("k", ">4d", "k"), ("DLM exact", ">9.1%", "dlm_exact"), ("DLM acc", ">8.1%", "dlm_right"),
+                 ("nll 1-shot", ">10.3f", "dlm_nll_1shot"), ("nll l2r", ">8.3f", "dlm_nll_l2r"),
+                 ("AR exact", ">9.1%", "ar_exact"), ("AR acc", ">7.1%", "ar_right"), ("AR nll", ">7.3f", "ar_nll")],
+                records, "exact: windows whose blank is filled exactly; acc: tokens right; nll: nats per blank token "
+                "of the true text, DLM masked all at once (1-shot) or revealed left to right (l2r), AR given the left "
+                "side only")
     save(args.out, meta, records)
     print(f"wrote {args.out}")
 

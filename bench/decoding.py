@@ -20,7 +20,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, comma_list, non_negative_float, one_of, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.op_args import REMASKING
 from mini_dlm.sampler import finish, generate_ar
@@ -39,8 +39,10 @@ def get_parser():
     p.add_argument("--prompt-len", type=positive_int, default=16, help="tokens per prompt")
     p.add_argument("--gen-len", type=positive_int, default=48, help="tokens generated per prompt")
     p.add_argument("--block-len", type=positive_int, default=16, help="semi-autoregressive block length")
-    p.add_argument("--remasking", default=",".join(REMASKING), help="comma-separated remasking rules")
-    p.add_argument("--temperatures", default="0,0.5,0.8,1", help="comma-separated Gumbel temperatures")
+    p.add_argument("--remasking", type=comma_list(one_of(REMASKING)), default=",".join(REMASKING),
+                   help="comma-separated remasking rules")
+    p.add_argument("--temperatures", type=comma_list(non_negative_float), default="0,0.5,0.8,1",
+                   help="comma-separated Gumbel temperatures")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise and random remasking")
     p.add_device_flag()
     return p
@@ -51,9 +53,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     model, tok, _ = load_checkpoint(args.ckpt, device, "--ckpt")
     ar = load_judge(args.ar, tok, device)
-    rules, temps = args.remasking.split(","), [float(t) for t in args.temperatures.split(",")]
-    if not set(rules) <= set(REMASKING):
-        raise ValueError(f"--remasking: each must be one of {REMASKING}, got {args.remasking!r}")
+    rules, temps = args.remasking, args.temperatures
     G, P = args.gen_len, args.prompt_len
     windows = make_prompts(tok, args.data, args.num_prompts, P + G)  # prompt + its real continuation
     prompts, real = [w[:P] for w in windows], [w[P:] for w in windows]

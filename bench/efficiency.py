@@ -51,7 +51,8 @@ import torch
 
 from mini_dlm import backend, tasks
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, positive_float, positive_int, print_config, probability, resolve_device, run
+from mini_dlm.cli import (Parser, comma_list, one_of, parse_quick, positive_float, positive_int, print_config, probability,
+                          resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import finish, generate, generate_ar
 from mini_dlm.tokenizer import useful_lengths
@@ -61,25 +62,7 @@ from task import check_rows, held_out, load_task_model, prompt_ids
 from roofline import copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak, timed_call
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
-QUICK = dict(batch_sizes="1,4,16", gen_lens="64", prompt_len=32, repeats=1)  # --quick, for flags left at default
-
-
-def int_list(s):
-    try:
-        v = [int(x) for x in s.split(",")]
-    except ValueError:
-        raise ValueError(f"expected comma-separated integers, got {s!r}") from None
-    if not v or min(v) <= 0:
-        raise ValueError(f"expected positive integers, got {s!r}")
-    return v
-
-
-def apply_quick(args, parser, quick):
-    """--quick: the values of quick (flag -> value) for the flags left at their defaults."""
-    if args.quick:
-        for k, v in quick.items():
-            if getattr(args, k) == parser.get_default(k):
-                setattr(args, k, v)
+QUICK = dict(batch_sizes=[1, 4, 16], gen_lens=[64], prompt_len=32, repeats=1)  # --quick, for the flags not given
 
 
 def get_parser():
@@ -90,11 +73,15 @@ def get_parser():
     p.add_argument("--block-ckpt", default="out-bd3/ckpt.pt", help="block-diffusion checkpoint, or '' to skip "
                    "threshold+block")
     # grid
-    p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256", help="comma-separated")
-    p.add_argument("--gen-lens", default="128,256", help="comma-separated generation lengths")
+    p.add_argument("--batch-sizes", type=comma_list(positive_int), default="1,2,4,8,16,32,64,128,256",
+                   help="comma-separated")
+    p.add_argument("--gen-lens", type=comma_list(positive_int), default="128,256",
+                   help="comma-separated generation lengths")
     p.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
-    p.add_argument("--ops", default="ext,torch", help="comma-separated: ext (compiled) and/or torch (reference)")
+    p.add_argument("--configs", type=comma_list(one_of(CONFIGS)), default=",".join(CONFIGS),
+                   help=f"comma-separated subset of {','.join(CONFIGS)}")
+    p.add_argument("--ops", type=comma_list(one_of(("ext", "torch"))), default="ext,torch",
+                   help="comma-separated: ext (compiled) and/or torch (reference)")
     p.add_argument("--block-len", type=positive_int, default=32, help="block length of the full-attention runs")
     p.add_argument("--threshold", type=probability, default=0.9, help="Fast-dLLM's tau")
     p.add_argument("--quick", action="store_true", help=f"small grid: batch {QUICK['batch_sizes']}, gen-len "
@@ -240,20 +227,14 @@ def measure(config, models, prompts, G, args, device, useful_fn, roofs, batch):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
+    args = parse_quick(get_parser(), argv, QUICK)
     if args.replot:
         with open(args.replot) as f:
             data = json.load(f)
         for path in plot(data["records"], data["meta"], os.path.splitext(args.replot)[0]):
             print(f"wrote {path}")
         return
-    apply_quick(args, parser, QUICK)
-    args.batch_sizes, args.gen_lens = int_list(args.batch_sizes), int_list(args.gen_lens)
-    configs = [c.strip() for c in args.configs.split(",")]
-    kinds = [k.strip() for k in args.ops.split(",")]
-    if set(configs) - set(CONFIGS) or set(kinds) - {"ext", "torch"}:
-        raise ValueError(f"--configs must name some of {','.join(CONFIGS)} and --ops some of ext,torch")
+    configs, kinds = args.configs, args.ops
     device = resolve_device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -26,7 +26,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, non_negative_float, positive_int, print_config, probability, resolve_device, run
+from mini_dlm.cli import Parser, comma_list, non_negative_float, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
 from mini_dlm.dynamic import Daedal, generate_dynamic
 from mini_dlm.sampler import finish, generate
@@ -42,7 +42,8 @@ def get_parser():
     p.add_argument("--ar", default="out-d-ar/ckpt.pt", help="AR checkpoint (same tokenizer) that scores the output")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation documents give the prompts")
     p.add_argument("--num-prompts", type=positive_int, default=50, help="prompts (one batch)")
-    p.add_argument("--fixed-lens", default="16,32,64,96", help="comma-separated fixed generation lengths")
+    p.add_argument("--fixed-lens", type=comma_list(positive_int), default="16,32,64,96",
+                   help="comma-separated fixed generation lengths")
     p.add_argument("--threshold", type=probability, default=0.9, help="Fast-dLLM's tau, for every configuration")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--seed", type=int, default=1337, help="the Gumbel noise (the same seed for every configuration)")
@@ -79,10 +80,7 @@ def main(argv=None):
     device = resolve_device(args.device)
     model, tok, ckpt = load_checkpoint(args.ckpt, device)
     ar = load_judge(args.ar, tok, device)
-    try:
-        fixed = [int(g) for g in args.fixed_lens.split(",")]
-    except ValueError:
-        raise ValueError(f"--fixed-lens: expected comma-separated integers, got {args.fixed_lens!r}") from None
+    fixed = args.fixed_lens
     prompts = speaker_prompts(tok, args.data, args.num_prompts)
     print_config("config", {**vars(args), "device": f"{device} ({device_name(device)})",
                             "trained_docs": bool(ckpt["train_config"].get("docs"))})

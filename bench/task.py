@@ -26,12 +26,9 @@ the checks: the true solutions score exact and valid, a wrong one neither, and A
 cache equals AR without it. Output: the tables and --out (JSON).
 """
 
-import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
@@ -39,7 +36,8 @@ import torch
 
 from mini_dlm import tasks
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, positive_int, print_config, probability, resolve_device, run, set_threads
+from mini_dlm.cli import (Parser, comma_list, parse_quick, positive_int, print_config, probability, resolve_device, run,
+                          set_threads)
 from mini_dlm.sampler import generate, generate_ar
 
 from roofline import device_name, timed_call
@@ -53,7 +51,7 @@ def get_parser():
     p.add_argument("--ar", default="out-sd-ar/ckpt.pt", help="AR checkpoint of the same task, seed and size")
     p.add_argument("--n", type=positive_int, default=500, help=f"held-out puzzles (at most {tasks.TEST_POOL})")
     p.add_argument("--batch-size", type=positive_int, default=100, help="puzzles decoded together")
-    p.add_argument("--thresholds", type=probabilities, default="0.9,0.7", help="comma-separated Fast-dLLM taus, "
+    p.add_argument("--thresholds", type=comma_list(probability, empty_ok=True), default="0.9,0.7", help="comma-separated Fast-dLLM taus, "
                    "each run with no cache, the prefix and the dual cache")
     p.add_argument("--decoders", default="all", help="comma-separated names from the list above, or all")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_N} puzzles (an --n you give wins)")
@@ -61,11 +59,6 @@ def get_parser():
     p.add_device_flag()
     p.add_threads_flag()
     return p
-
-
-def probabilities(s):
-    """'0.9,0.7' -> [0.9, 0.7], each in [0, 1]; '' -> []."""
-    return [probability(t) for t in s.split(",")] if s else []
 
 
 # ---- the task of a checkpoint, its held-out puzzles, the checks ------------------------------
@@ -230,10 +223,7 @@ def validate(ar, tok, sudoku, pairs):
 
 
 def main(argv=None):
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.quick and args.n == parser.get_default("n"):
-        args.n = QUICK_N
+    args = parse_quick(get_parser(), argv, dict(n=QUICK_N))
     args.threads = set_threads(args.threads)
     device = resolve_device(args.device)
     dlm, ar, tok, task = load(args, device)

@@ -21,17 +21,13 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 
 from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, check_out_dir, non_negative_float, positive_int, print_config, resolve_device, run
+from mini_dlm.cli import Parser, check_out_dir, comma_list, non_negative_float, positive_float, positive_int, probability, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.sampler import CACHES
 
 from efficiency import import_pyplot, make_prompts
 from quality import decode_each, load_judge, quality
 from roofline import device_name
-
-
-def float_list(s):
-    return [float(v) for v in s.split(",")] if s else []
 
 
 def get_parser():
@@ -43,8 +39,10 @@ def get_parser():
     p.add_argument("--prompt-len", type=positive_int, default=16, help="tokens per prompt")
     p.add_argument("--gen-len", type=positive_int, default=48, help="tokens generated per prompt")
     p.add_argument("--block-len", type=positive_int, help="block length (default: 16, or the checkpoint's block size)")
-    p.add_argument("--taus", default="0.3,0.5,0.7,0.8,0.9,0.95,0.99", help="comma-separated thresholds")
-    p.add_argument("--factors", default="1,2,4", help="comma-separated factors f of the factor rule ('' for none)")
+    p.add_argument("--taus", type=comma_list(probability, empty_ok=True), default="0.3,0.5,0.7,0.8,0.9,0.95,0.99",
+                   help="comma-separated thresholds ('' for none)")
+    p.add_argument("--factors", type=comma_list(positive_float, empty_ok=True), default="1,2,4",
+                   help="comma-separated factors f of the factor rule ('' for none)")
     p.add_argument("--cache", choices=CACHES, default="none", help="KV cache for every run")
     p.add_argument("--temperature", type=non_negative_float, default=0.0, help="Gumbel temperature; 0 = argmax")
     p.add_argument("--seed", type=int, default=1337, help="Gumbel noise")
@@ -62,8 +60,8 @@ def main(argv=None):
     prompts = make_prompts(tok, args.data, args.num_prompts, args.prompt_len)
     G, b = args.gen_len, args.block_len or model.config.block_size or 16
     print_config("config", {**vars(args), "device": f"{device} ({device_name(device)})"})
-    runs = [("one per pass", {}, None)] + [(f"tau {t:g}", {"threshold": t}, t) for t in float_list(args.taus)] + \
-           [(f"factor {f:g}", {"factor": f}, f) for f in float_list(args.factors)]
+    runs = [("one per pass", {}, None)] + [(f"tau {t:g}", {"threshold": t}, t) for t in args.taus] + \
+           [(f"factor {f:g}", {"factor": f}, f) for f in args.factors]
 
     decode_each(model, prompts[:1], device, gen_len=b, block_len=b)  # warm-up: thread pools, allocators
     print(f"\n{len(prompts)} prompts x {G} tokens, batch 1, blocks of {b}, cache {args.cache}, "

@@ -31,6 +31,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         die(f"{self.prog}: {message}")
 
+    def parse_given(self, argv=None):
+        """parse_args(argv), and the set of dests whose flags argv gives (also when it gives a flag
+        its default value). argparse fills in a default only where the namespace has no value yet,
+        so a namespace that starts with a marker in every dest keeps the marker where nothing was
+        given. (Not for action="append" flags, which would append to the marker.)"""
+        unset = object()
+        marked = argparse.Namespace(**{a.dest: unset for a in self._actions if a.dest != argparse.SUPPRESS})
+        given = {k for k, v in vars(self.parse_args(argv, marked)).items() if v is not unset}
+        return self.parse_args(argv), given
+
     def add_device_flag(self, group=None, default="auto"):
         """--device, alike in every script (into group, an argument group of this parser, if given)."""
         (group or self).add_argument("--device", default=default, choices=("auto", "cpu", "cuda"),
@@ -40,6 +50,16 @@ class Parser(argparse.ArgumentParser):
         """--threads: the CPU threads torch may use; set_threads applies it."""
         (group or self).add_argument("--threads", type=positive_int, help="CPU threads torch uses (default: "
                                      f"$OMP_NUM_THREADS if set, else {THREADS_RULE}: {default_threads()} here)")
+
+
+def parse_quick(parser, argv, quick):
+    """parser's flags; with --quick, the values of quick (dest -> value) for the flags argv does not give."""
+    args, given = parser.parse_given(argv)
+    if args.quick:
+        for k, v in quick.items():
+            if k not in given:
+                setattr(args, k, v)
+    return args
 
 
 def die(message, code=2):
@@ -80,6 +100,27 @@ def positive_float(s):
 
 def probability(s):
     return number(s, float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def comma_list(kind, empty_ok=False):
+    """A flag type: comma-separated values, each parsed and checked by kind (positive_int,
+    probability, ...): comma_list(positive_int)("1,4,16") -> [1, 4, 16]; '' -> [] if empty_ok."""
+    def parse(s):
+        if not s.strip():
+            if empty_ok:
+                return []
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        return [kind(v.strip()) for v in s.split(",")]
+    return parse
+
+
+def one_of(choices):
+    """A flag type for comma_list: a value that must be one of choices."""
+    def parse(s):
+        if s not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {','.join(choices)}, got {s!r}")
+        return s
+    return parse
 
 
 def check_out_dir(path, flag="--out-dir"):

@@ -157,7 +157,7 @@ def test_quick_keeps_the_flags_given(checkpoints, corpus_file, tmp_path):
                      "--ar-ckpt", checkpoints["ar"], "--dlm-ckpt", checkpoints["dlm"], "--block-ckpt", checkpoints["block"],
                      "--data", corpus_file, "--device", "cpu", "--out", str(out), "--no-plots"])
     recs = json.loads(out.read_text())["records"]
-    assert [r["batch_size"] for r in recs] == efficiency.int_list(efficiency.QUICK["batch_sizes"])
+    assert [r["batch_size"] for r in recs] == efficiency.QUICK["batch_sizes"]
     assert all(r["gen_len"] == 8 and len(r["runs"]) == 2 and r["prompt_len"] == 8 for r in recs)
 
 
@@ -166,8 +166,8 @@ def test_quick_keeps_the_flags_given(checkpoints, corpus_file, tmp_path):
     (("--block-ckpt", "dlm"), "is not a block-diffusion checkpoint"),
     (("--gen-lens", "12"), "multiple of"),
     (("--gen-lens", "64"), "shorter than prompt + gen-len"),
-    (("--configs", "ar,nope"), "--configs must name"),
-    (("--batch-sizes", "1,x"), "comma-separated integers"),
+    (("--configs", "ar,nope"), "argument --configs: expected one of ar,dlm,"),
+    (("--batch-sizes", "1,x"), "argument --batch-sizes: expected a positive integer, got 'x'"),
 ])
 def test_bench_bad_input_is_one_line(checkpoints, corpus_file, tmp_path, capsys, change, message):
     flag, value = change

@@ -412,3 +412,24 @@ def test_default_threads(monkeypatch, env, cpus, expected):
 def test_cuda_without_a_gpu_is_one_line(trained, capsys, backend):
     fails_cleanly(sample.main, ["--ckpt", os.path.join(trained, "ckpt.pt"), "--device", "cuda", "--backend", backend],
                   capsys, "no CUDA GPU is available")
+
+
+def test_comma_lists_and_quick_values():
+    """comma_list parses and checks each value; parse_quick fills in --quick's values only for
+    the flags not given, even when a flag is given its default value."""
+    from mini_dlm.cli import Parser, comma_list, one_of, parse_quick, positive_int
+    assert comma_list(positive_int)("1, 4,16") == [1, 4, 16]
+    assert comma_list(positive_int, empty_ok=True)("") == []
+    for bad in ("", "1,0", "1,,2", "x"):
+        with pytest.raises(Exception, match="expected|must be"):
+            comma_list(positive_int)(bad)
+    with pytest.raises(Exception, match="expected one of a,b, got 'c'"):
+        comma_list(one_of(("a", "b")))("a,c")
+    p = Parser()
+    p.add_argument("--n", type=positive_int, default=32)
+    p.add_argument("--sizes", type=comma_list(positive_int), default="1,2,4")
+    p.add_argument("--quick", action="store_true")
+    quick = dict(n=4, sizes=[1])
+    assert vars(parse_quick(p, ["--quick"], quick)) == dict(n=4, sizes=[1], quick=True)
+    assert vars(parse_quick(p, ["--quick", "--n", "32"], quick)) == dict(n=32, sizes=[1], quick=True)
+    assert vars(parse_quick(p, ["--sizes", "8"], quick)) == dict(n=32, sizes=[8], quick=False)

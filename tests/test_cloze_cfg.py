@@ -81,8 +81,8 @@ def test_cfg_quick_end_to_end(checkpoints, corpus_file, tmp_path, capsys, ckpt, 
 @pytest.mark.parametrize("script, change, message", [
     (cloze, ["--dlm", "block"], "must be a full-attention diffusion checkpoint"),
     (cloze, ["--left", "30"], "exceeds the DLM's context of 32"),
-    (cloze, ["--k", "1,x"], "comma-separated integers"),
-    (bench_cfg, ["--scales", "0,-1"], "--cfg-scale must be a finite number >= 0"),
+    (cloze, ["--k", "1,x"], "argument --k: expected a positive integer, got 'x'"),
+    (bench_cfg, ["--scales", "0,-1"], "argument --scales: must be a finite number >= 0, got -1"),
     (bench_cfg, ["--dlm", "ar"], "must be a diffusion checkpoint"),
 ])
 def test_bad_input_is_one_line(checkpoints, corpus_file, tmp_path, capsys, script, change, message):

@@ -3,7 +3,6 @@ progress lines and a real pytest JUnit file, made here on the CPU (the GPU run i
 be tested without a GPU).  python -m pytest -q tests/test_gpu_report.py"""
 
 import json
-import os
 import subprocess
 import sys
 

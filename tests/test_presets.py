@@ -25,6 +25,16 @@ def test_flags_given_win_over_the_preset():
     assert (args.n_embd, args.seq_len, args.max_iters) == (preset["n_embd"], preset["seq_len"], preset["max_iters"])
 
 
+def test_a_flag_given_its_default_value_still_wins():
+    """--seq-len 512 is the parser's default, but given on the command line it beats the preset's 64;
+    --task sets --seq-len to the row length only where --seq-len is not given."""
+    assert train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--seq-len", "512"]).seq_len == 512
+    row = train_tiny.SUDOKUS["sudoku6"].prompt_len + train_tiny.SUDOKUS["sudoku6"].answer_len
+    assert train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--task", "sudoku6"]).seq_len == row
+    given = train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--task", "sudoku6", "--seq-len", "64"])
+    assert given.seq_len == 64  # kept, so that check_flags can refuse it
+
+
 def test_auto_picks_the_device_preset_and_none_keeps_the_defaults():
     auto = train_tiny.parse_args(["--device", "cpu"])
     assert auto.preset == "cpu" and auto.max_iters == train_tiny.PRESETS["cpu"]["max_iters"]
