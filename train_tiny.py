@@ -6,6 +6,8 @@ Train a tiny masked diffusion LM (or its AR twin) on a text file.
     python train_tiny.py --objective ar --out-dir out-ar       # the AR baseline
     python train_tiny.py --block-size 16 --out-dir out-bd3     # block diffusion (BD3-LM)
     python train_tiny.py --task sudoku6 --out-dir out-sudoku   # generated 6x6 Sudoku (notes/08)
+    python train_tiny.py --init-from out-ar/ckpt.pt --out-dir out-a2d  # AR-to-diffusion (notes/09)
+    python train_tiny.py --train-tokens 30000 --max-iters 4000  # 30k tokens, many epochs (notes/09)
     python train_tiny.py --preset none            # no preset: the defaults in --help
     torchrun --nproc_per_node 8 train_tiny.py     # DDP on 8 GPUs, same global batch
 
@@ -25,7 +27,7 @@ from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
 from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, non_negative_int, positive_int, print_config,
                           resolve_device, run, set_threads)
-from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data, prepare_task
+from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data, prepare_task, train_slice
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
 from mini_dlm.tasks import SUDOKUS, TEST_POOL
@@ -66,6 +68,9 @@ def get_parser():
     g.add_argument("--task-train", type=positive_int, default=50_000, help="training puzzles of --task")
     g.add_argument("--task-seed", type=int, default=0, help="the puzzles' seed; training, validation and held-out "
                    "puzzles are three streams of it")
+    g.add_argument("--train-tokens", type=positive_int, help="train on the first N tokens of the training split only, "
+                   "repeated for as many epochs as the run takes (with --docs or --task: the first N // row rows; "
+                   "default: all)")
     g.add_argument("--task-test", type=positive_int, default=TEST_POOL, help="held-out puzzles whose solution grids "
                    "are kept out of training and validation (bench/task.py scores the first --n of them)")
     g = p.add_argument_group("model")
@@ -93,6 +98,9 @@ def get_parser():
     g.add_argument("--eval-windows", type=positive_int, default=64, help="validation windows per evaluation")
     g.add_argument("--log-interval", type=positive_int, default=10, help="steps between progress lines")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
+    g.add_argument("--init-from", help="start from the weights of this checkpoint (same tokenizer and n_layer, n_head, "
+                   "n_embd; any objective): AR-to-diffusion conversion from an --objective ar checkpoint, step 0, a "
+                   "fresh optimizer (default: random weights)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     return p
 
@@ -128,6 +136,28 @@ def parse_args(argv=None):
     return args
 
 
+def load_init(path, args):
+    """--init-from: (weights, tokenizer) of a trained checkpoint whose Transformer has this run's
+    shape. The objective, block size, context and dropout may differ: none of them is a weight
+    (RoPE has no parameters), so an AR model's weights serve a mask predictor as they are."""
+    source, tokenizer, _ = load_checkpoint(path, flag="--init-from")
+    shape = ("n_layer", "n_head", "n_embd")
+    theirs, mine = [getattr(source.config, k) for k in shape], [getattr(args, k) for k in shape]
+    if theirs != mine:
+        show = lambda v: " ".join(f"--{k.replace('_', '-')} {x}" for k, x in zip(shape, v))  # noqa: E731
+        raise ValueError(f"--init-from {path}: its model is {show(theirs)}, this run's {show(mine)}: "
+                         "give the checkpoint's shape")
+    return source.state_dict(), tokenizer
+
+
+def check_init_tokenizer(path, theirs, mine):
+    """ValueError unless the --init-from checkpoint's tokenizer maps ids to bytes as this run's does."""
+    if theirs.fingerprint() != mine.fingerprint():
+        raise ValueError(f"--init-from {path}: its tokenizer ({theirs.kind}, {theirs.vocab_size} tokens) is not "
+                         f"this run's ({mine.kind}, {mine.vocab_size} tokens): train with the --data, --vocab-size "
+                         "and --tokenizer it was trained with")
+
+
 def lr_at(it, args):
     """Linear warmup to --lr, then cosine decay to --min-lr at --max-iters."""
     if it < args.warmup_iters:
@@ -144,6 +174,8 @@ def check_flags(args):
             raise ValueError(f"--task {args.task} rows are {need} tokens: leave --seq-len out or give {need}")
         if args.docs or args.block_size:
             raise ValueError("--task trains full-attention diffusion or AR models on its own rows: no --docs, --block-size")
+    if args.init_from and args.resume:
+        raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it
@@ -176,6 +208,7 @@ def train(args, world):
         for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
         args.docs, args.doc_sep = tc.get("docs", False), tc.get("doc_sep", args.doc_sep)  # and its data mode
+        args.train_tokens = tc.get("train_tokens")
         args.task, args.task_train, args.task_seed, args.task_test = (tc.get(k) for k in ("task", "task_train",
                                                                                           "task_seed", "task_test"))
         vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
@@ -184,6 +217,7 @@ def train(args, world):
         ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len,
                     dropout=args.dropout, objective=args.objective, block_size=args.block_size)  # validate the
         # flags before anything is read or written
+    init = load_init(args.init_from, args) if args.init_from else None
 
     # -- data: tokenizer + token ids, cached in out-dir (under DDP every rank makes the same: BPE
     # training is deterministic and the cache is written atomically)
@@ -196,12 +230,18 @@ def train(args, world):
         tokenizer, train_ids, val_ids = prepare_data(args.data, vocab_size, args.out_dir, args.seq_len, tok_kind, tokenizer,
                                                      args.doc_sep if args.docs else None)
         prompt_len = 0
+    if args.train_tokens:
+        train_ids = train_slice(train_ids, args.train_tokens, args.seq_len + 1)
+    if init:
+        check_init_tokenizer(args.init_from, init[1], tokenizer)
     if not resumed:
         torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
                           mask_id=tokenizer.mask_id, objective=args.objective, block_size=args.block_size)
         model = Transformer(cfg)
+        if init:
+            model.load_state_dict(init[0])  # AR-to-diffusion: the same weights, now trained as cfg.objective
     model.to(device).train()
     optimizer = model.configure_optimizer(args.lr, args.weight_decay, (0.9, 0.95), device.type)
     start = 0
@@ -216,8 +256,13 @@ def train(args, world):
         else "tokens"
     print(f"data: {len(train_ids):,} train / {len(val_ids):,} val {unit}, vocab {tokenizer.vocab_size} "
           f"({tok_kind}), ready in {time.time() - t0:.1f} s")
+    if args.train_tokens:  # epochs: tokens the run reads / tokens it has
+        epochs = args.max_iters * args.batch_size * cfg.seq_len / train_ids.numel()
+        print(f"data: --train-tokens keeps {train_ids.numel():,} training tokens; {args.max_iters} steps read them "
+              f"{epochs:,.1f} times (epochs)")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
-          f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") + (f", resuming at step {start}" if resumed else ""))
+          f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") +
+          (f", resuming at step {start}" if resumed else "") + (f", initialised from {args.init_from}" if init else ""))
     share = args.batch_size // world.size
     rows = slice(world.rank * share, (world.rank + 1) * share)  # this rank's rows of every batch
     if world.ddp:

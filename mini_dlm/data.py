@@ -157,6 +157,23 @@ def load_cache(path):
         return None  # rebuilt and overwritten
 
 
+def train_slice(ids, n_tokens, length):
+    """The first n_tokens of a token stream ids (1-D), or the first n_tokens // row rows of rows
+    (N, row): a fixed slice that training repeats for as many epochs as it runs (a
+    data-constrained run). ValueError if it cannot hold one window of length tokens, or is
+    more than there is."""
+    have = ids.numel()
+    if n_tokens > have:
+        raise ValueError(f"--train-tokens {n_tokens:,} is more than the {have:,} training tokens there are")
+    if ids.dim() == 2:
+        if n_tokens < ids.shape[1]:
+            raise ValueError(f"--train-tokens {n_tokens} is less than one row of {ids.shape[1]} tokens")
+        return ids[:n_tokens // ids.shape[1]]
+    if n_tokens < length:
+        raise ValueError(f"--train-tokens {n_tokens} is less than one training window of {length} tokens")
+    return ids[:n_tokens]
+
+
 def get_batch(ids, batch_size, length, generator, device):
     """(batch_size, length) int64 on device: random windows of a token stream (ids 1-D), or
     random rows of document rows (ids (N, length), from document_rows)."""
