@@ -23,6 +23,8 @@ depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths)
   bench/cloze.py       --n <= 8;  bench/cfg.py  --n <= 4, --repeats <= 1
   bench/kernels.py     --repeats <= 2
   bench/task.py        --n <= 16 (within the capped --task-test)
+  bench/data_constrained.py   --steps <= 8, --evals <= 2, a 1 x 32 model, --eval-windows <= 4
+  distill.py           --iters <= 2, --batch-size <= 2;  bench/few_step.py  --num-prompts <= 4
 Skipped, with the reason printed:
   pip ...                      setup: CI's setup stage runs it (the scratch copy has the build)
   python -m pytest -q tests    the whole suite: CI's test stage runs it (single files do run)
@@ -50,6 +52,10 @@ CAPS = {  # script: {flag: (cap, the script's default)}
     "bench/cfg.py": {"--n": (4, 32), "--repeats": (1, 3)},
     "bench/kernels.py": {"--repeats": (2, 10)},
     "bench/task.py": {"--n": (16, 500)},
+    "bench/data_constrained.py": {"--steps": (8, 1500), "--evals": (2, 15), "--n-layer": (1, 4), "--n-embd": (32, 128),
+                                  "--eval-windows": (4, 64)},
+    "distill.py": {"--iters": (2, 300), "--batch-size": (2, 16)},
+    "bench/few_step.py": {"--num-prompts": (4, 50)},
     "torchrun": {"--nproc_per_node": (2, 1)},
 }
 SETS = {"bench/efficiency.py": {"--batch-sizes": "1", "--repeats": "1"}}  # script: {flag: value}
@@ -231,12 +237,16 @@ def checkpoints_read(cmd):
     return set(re.findall(r"([\w.-]+)/ckpt\.pt", cmd.text))
 
 
+PRODUCERS = {"train_tiny.py": "out", "distill.py": "out-distill"}  # script: its default --out-dir
+
+
 def trained_dir(cmd):
-    """The --out-dir a train_tiny.py command writes (default 'out'), or None."""
+    """The --out-dir a train_tiny.py or distill.py command writes its ckpt.pt in, or None."""
     if cmd.python:
         return None
     words = split_words(expand(cmd.text, cmd.variables))
-    if "train_tiny.py" not in words or "-h" in words:
+    script = next((s for s in PRODUCERS if s in words), None)
+    if script is None or "-h" in words:
         return None
     found = flag_values(words, "--out-dir")
-    return words[found[-1]] if found else "out"
+    return words[found[-1]] if found else PRODUCERS[script]

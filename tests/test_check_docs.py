@@ -140,6 +140,8 @@ def test_checkpoint_producers(commands):
     assert doc_commands.checkpoints_read(commands[1]) == {"out-a"}
     default = doc_commands.Command("p.md", 1, "python train_tiny.py --device cpu")
     assert doc_commands.trained_dir(default) == "out"
+    student = doc_commands.Command("p.md", 1, "python distill.py --teacher out/ckpt.pt")  # distill.py writes one too
+    assert doc_commands.trained_dir(student) == "out-distill" and doc_commands.checkpoints_read(student) == {"out"}
     other = doc_commands.Command("q.md", 1, "python train_tiny.py --out-dir out-a")
     checker = check_docs.Checker([other, *commands], "/nonexistent", False, False, 1)
     assert checker.producer("out-a", "page.md") is commands[0]  # the same page's first
