@@ -51,8 +51,8 @@ def get_parser():
     p.add_argument("--data", default=DEFAULT_DATA, help="text to train on; its validation split scores every run")
     p.add_argument("--slices", type=comma_list(positive_int), default="5000,20000,80000,340000",
                    help="comma-separated training-slice sizes, tokens (the shipped corpus has 346,899)")
-    p.add_argument("--steps", type=positive_int, default=1500, help="optimizer steps of every run")
-    p.add_argument("--evals", type=positive_int, default=15, help="evaluations per run, evenly spaced")
+    p.add_argument("--steps", type=positive_int, default=1200, help="optimizer steps of every run")
+    p.add_argument("--evals", type=positive_int, default=12, help="evaluations per run, evenly spaced")
     p.add_argument("--n-layer", type=positive_int, default=4, help="the model of every run (the cpu preset's)")
     p.add_argument("--n-head", type=positive_int, default=4, help="attention heads")
     p.add_argument("--n-embd", type=positive_int, default=128, help="width")

@@ -52,7 +52,7 @@ CAPS = {  # script: {flag: (cap, the script's default)}
     "bench/cfg.py": {"--n": (4, 32), "--repeats": (1, 3)},
     "bench/kernels.py": {"--repeats": (2, 10)},
     "bench/task.py": {"--n": (16, 500)},
-    "bench/data_constrained.py": {"--steps": (8, 1500), "--evals": (2, 15), "--n-layer": (1, 4), "--n-embd": (32, 128),
+    "bench/data_constrained.py": {"--steps": (8, 1200), "--evals": (2, 12), "--n-layer": (1, 4), "--n-embd": (32, 128),
                                   "--eval-windows": (4, 64)},
     "distill.py": {"--iters": (2, 300), "--batch-size": (2, 16)},
     "bench/few_step.py": {"--num-prompts": (4, 50)},
