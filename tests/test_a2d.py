@@ -8,36 +8,27 @@ import torch
 
 import train_tiny
 from mini_dlm.data import get_batch, train_slice
-from test_cli import TINY, fails_cleanly
+from test_cli import TINY, fails_cleanly, trained_ar  # noqa: F401 (trained_ar: a 2-step AR run)
 
 
-@pytest.fixture(scope="module")
-def ar_ckpt(corpus_file, tmp_path_factory):
-    """A 4-step AR run with test_cli's tiny shape."""
-    out = str(tmp_path_factory.mktemp("ar"))
-    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--objective", "ar", "--max-iters", "4",
-                            "--eval-interval", "4"])
-    return os.path.join(out, "ckpt.pt")
-
-
-def test_conversion_starts_from_the_ar_weights(ar_ckpt, corpus_file, tmp_path, capsys):
+def test_conversion_starts_from_the_ar_weights(trained_ar, corpus_file, tmp_path, capsys):
     """At learning rate 0 one step changes nothing: the converted model is the AR model's
     weights, now with the diffusion objective (and a block size the AR model did not have)."""
     out = str(tmp_path / "a2d")
-    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--init-from", ar_ckpt, "--block-size", "8",
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--init-from", trained_ar, "--block-size", "8",
                             "--max-iters", "1", "--eval-interval", "1", "--lr", "0", "--min-lr", "0"])
-    assert f"initialised from {ar_ckpt}" in capsys.readouterr().out
-    ar, a2d = torch.load(ar_ckpt, weights_only=True), torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    assert f"initialised from {trained_ar}" in capsys.readouterr().out
+    ar, a2d = torch.load(trained_ar, weights_only=True), torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert (a2d["model_config"]["objective"], a2d["model_config"]["block_size"], a2d["step"]) == ("mdm", 8, 1)
     assert a2d["model"].keys() == ar["model"].keys()
     assert all(torch.equal(a2d["model"][k], ar["model"][k]) for k in ar["model"])
 
 
-def test_conversion_trains_away_from_the_ar_weights(ar_ckpt, corpus_file, tmp_path):
+def test_conversion_trains_away_from_the_ar_weights(trained_ar, corpus_file, tmp_path):
     out = str(tmp_path / "a2d")
-    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--init-from", ar_ckpt, "--max-iters", "2",
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--init-from", trained_ar, "--max-iters", "2",
                             "--eval-interval", "2"])
-    ar, a2d = torch.load(ar_ckpt, weights_only=True), torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    ar, a2d = torch.load(trained_ar, weights_only=True), torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
     assert not torch.equal(a2d["model"]["lm_head.weight"], ar["model"]["lm_head.weight"])
 
 
@@ -46,9 +37,9 @@ def test_conversion_trains_away_from_the_ar_weights(ar_ckpt, corpus_file, tmp_pa
     (["--vocab-size", "280"], "its tokenizer (bpe, 300 tokens) is not this run's (bpe, 280 tokens)"),
     (["--resume"], "give one of them"),
 ])
-def test_init_from_refuses_another_shape_or_tokenizer(ar_ckpt, corpus_file, tmp_path, capsys, flags, match):
+def test_init_from_refuses_another_shape_or_tokenizer(trained_ar, corpus_file, tmp_path, capsys, flags, match):
     out = str(tmp_path / "x")
-    fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", out, "--init-from", ar_ckpt,
+    fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", out, "--init-from", trained_ar,
                                            "--max-iters", "1"] + flags, capsys, match)
     assert not os.path.exists(os.path.join(out, "ckpt.pt"))
 
