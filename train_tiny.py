@@ -62,15 +62,15 @@ def get_parser():
                    "end-of-text so the model learns where text ends (default: off, packed windows)")
     g.add_argument("--doc-sep", type=escaped, default="\n\n", help="what separates documents with --docs, with "
                    "backslash escapes (default: '\\n\\n', a blank line: one speech of the shipped corpus)")
+    g.add_argument("--train-tokens", type=positive_int, help="train on the first N tokens of the training split only, "
+                   "repeated for as many epochs as the run takes (with --docs or --task: the first N // row rows; "
+                   "default: all)")
     g.add_argument("--task", choices=("sudoku6", "sudoku6-min", "sudoku9"), help="train on a generated task instead of --data (notes/08): "
                    "rows of puzzle ':' solution, one byte = one token (--vocab-size is not used), the loss on the "
                    "solution only; --seq-len becomes the row's length (default: off)")
     g.add_argument("--task-train", type=positive_int, default=50_000, help="training puzzles of --task")
     g.add_argument("--task-seed", type=int, default=0, help="the puzzles' seed; training, validation and held-out "
                    "puzzles are three streams of it")
-    g.add_argument("--train-tokens", type=positive_int, help="train on the first N tokens of the training split only, "
-                   "repeated for as many epochs as the run takes (with --docs or --task: the first N // row rows; "
-                   "default: all)")
     g.add_argument("--task-test", type=positive_int, default=TEST_POOL, help="held-out puzzles whose solution grids "
                    "are kept out of training and validation (bench/task.py scores the first --n of them)")
     g = p.add_argument_group("model")
@@ -144,9 +144,8 @@ def load_init(path, args):
     shape = ("n_layer", "n_head", "n_embd")
     theirs, mine = [getattr(source.config, k) for k in shape], [getattr(args, k) for k in shape]
     if theirs != mine:
-        show = lambda v: " ".join(f"--{k.replace('_', '-')} {x}" for k, x in zip(shape, v))  # noqa: E731
-        raise ValueError(f"--init-from {path}: its model is {show(theirs)}, this run's {show(mine)}: "
-                         "give the checkpoint's shape")
+        theirs, mine = (" ".join(f"--{k.replace('_', '-')} {x}" for k, x in zip(shape, v)) for v in (theirs, mine))
+        raise ValueError(f"--init-from {path}: its model is {theirs}, this run's {mine}: give the checkpoint's shape")
     return source.state_dict(), tokenizer
 
 
