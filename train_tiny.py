@@ -90,6 +90,8 @@ def get_parser():
     g.add_argument("--warmup-iters", type=non_negative_int, default=200, help="linear warmup steps")
     g.add_argument("--weight-decay", type=non_negative_float, default=0.1, help="AdamW decay on matrices and embeddings")
     g.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
+    g.add_argument("--complementary-masks", action="store_true", help="diffusion: every window twice, the second time "
+                   "with the complement of its mask (Fast-dLLM v2); doubles the rows a step computes")
     g = p.add_argument_group("run")
     p.add_device_flag(g)
     p.add_threads_flag(g)
@@ -173,6 +175,8 @@ def check_flags(args):
             raise ValueError(f"--task {args.task} rows are {need} tokens: leave --seq-len out or give {need}")
         if args.docs or args.block_size:
             raise ValueError("--task trains full-attention diffusion or AR models on its own rows: no --docs, --block-size")
+    if args.complementary_masks and args.objective == "ar":
+        raise ValueError("--complementary-masks is for diffusion training: an AR model masks nothing")
     if args.init_from and args.resume:
         raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
     if args.min_lr > args.lr:
@@ -207,7 +211,7 @@ def train(args, world):
         for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
         args.docs, args.doc_sep = tc.get("docs", False), tc.get("doc_sep", args.doc_sep)  # and its data mode
-        args.train_tokens = tc.get("train_tokens")
+        args.train_tokens, args.complementary_masks = tc.get("train_tokens"), tc.get("complementary_masks", False)
         args.task, args.task_train, args.task_seed, args.task_test = (tc.get(k) for k in ("task", "task_train",
                                                                                           "task_seed", "task_test"))
         vocab_size, tok_kind = tc.get("vocab_size", args.vocab_size), tc.get("tokenizer", args.tokenizer)
@@ -284,7 +288,7 @@ def train(args, world):
     amp = autocast(device)
     peak = next((f for name, f in PEAK_BF16.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)), None)
     peak = peak and peak * world.size  # MFU over all the GPUs
-    tokens_per_step = args.batch_size * cfg.seq_len  # the global batch
+    tokens_per_step = args.batch_size * cfg.seq_len * (2 if args.complementary_masks else 1)  # computed, global batch
 
     def do_eval(step):
         t = time.time()
@@ -313,7 +317,8 @@ def train(args, world):
                 group["lr"] = lr
             batch = get_batch(train_ids, args.batch_size, cfg.seq_len + 1, batch_gen, device)[rows]  # (B / ranks, T+1)
             with amp:
-                loss = loss_fn(train_fn, batch, noise_gen, (world.rank, world.size), prompt_len)
+                loss = loss_fn(train_fn, batch, noise_gen, (world.rank, world.size), prompt_len,
+                               args.complementary_masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:

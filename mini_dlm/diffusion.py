@@ -125,9 +125,18 @@ def ar_loss(model, x, prompt_len=0):
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
 
 
-def loss_fn(model, batch, generator=None, shard=(0, 1), prompt_len=0):
+def complementary(x0, t, u):
+    """Fast-dLLM v2's complementary masks: every window twice, the second time at time 1 - t
+    with uniforms 1 - u, so that it masks (up to a band of width EPS) exactly the tokens the
+    first leaves clean. Each half is still a sample of the forward process, so the loss stays
+    the ELBO estimate; every token of a window is scored once per pair. -> (x0, t, u), 2B rows."""
+    return torch.cat([x0, x0]), torch.cat([t, 1 - t]), torch.cat([u, 1 - u])
+
+
+def loss_fn(model, batch, generator=None, shard=(0, 1), prompt_len=0, complementary_masks=False):
     """The training loss of either objective on a batch of windows (B, seq_len + 1); with
-    prompt_len, of the answer given the prompt (see the module docstring).
+    prompt_len, of the answer given the prompt (see the module docstring); with
+    complementary_masks (diffusion only), of each window and its complement (complementary).
     shard = (rank, n) under DDP (train_tiny.py): batch is rows rank*B .. (rank+1)*B - 1 of a
     global batch of n*B rows. The noise (t, masks) is drawn for the global batch and the same
     rows kept, so n ranks together draw exactly what one process would. Each rank's loss is a
@@ -145,6 +154,8 @@ def loss_fn(model, batch, generator=None, shard=(0, 1), prompt_len=0):
     else:
         t = sample_t(n * B, generator, x0.device)[rows]  # (B,)
     u = torch.rand((n * B, L), generator=generator, device=x0.device)[rows]  # (B, L): decides the masks
+    if complementary_masks:
+        x0, t, u = complementary(x0, t, u)  # (2B, L), (2B,) or (2B, L), (2B, L)
     return mdm_loss(model, x0, t, generator, u, prompt_len)
 
 

@@ -131,6 +131,8 @@ def test_bad_data_files(tmp_path, capsys, content, match):
     (["--n-embd", "30", "--n-head", "4"], "divisible"),
     (["--lr", "fast"], "expected a finite number >= 0"),
     (["--lr", "1e-3", "--min-lr", "2e-3"], "--min-lr 0.002 is above --lr 0.001"),
+    (["--objective", "ar", "--complementary-masks"], "--complementary-masks is for diffusion training"),
+    (["--train-tokens", "10"], "--train-tokens 10 is less than one training window of 33 tokens"),
 ])
 def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
     out = tmp_path / "out"

@@ -115,3 +115,28 @@ def test_block_diffusion_training_loss_and_bound():
     assert model.wte.weight.grad.abs().sum() > 0
     v = evaluate(model, torch.randint(0, 63, (200,)), 24, max_windows=4, n_t=2)
     assert v["nats"] > 0
+
+
+def test_complementary_masks_cover_each_window_once():
+    """The second copy masks what the first leaves clean (up to a band of width EPS), and each copy
+    masks at its own rate: both are samples of the forward process."""
+    from mini_dlm.diffusion import EPS, complementary, forward_process
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 50, (64, 40), generator=g)
+    t, u = torch.rand(64, generator=g), torch.rand((64, 40), generator=g)
+    x2, t2, u2 = complementary(x0, t, u)
+    _, masked, p = forward_process(x2, t2, 63, u=u2)
+    first, second = masked[:64], masked[64:]
+    band = (u - (1 - EPS) * t[:, None]).abs() <= EPS  # where both may mask
+    assert torch.equal(x2[64:], x0) and torch.equal(second[~band], ~first[~band])
+    assert band.float().mean() < 0.01
+    assert torch.allclose(p[64:], (1 - EPS) * (1 - t) + EPS)
+
+
+def test_complementary_masks_train_a_step(corpus_file, tmp_path, capsys):
+    import train_tiny
+    from test_cli import TINY
+    out = str(tmp_path / "c")
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "2", "--eval-interval", "2",
+                            "--complementary-masks"])
+    assert torch.load(f"{out}/ckpt.pt", weights_only=True)["train_config"]["complementary_masks"] is True
