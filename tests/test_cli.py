@@ -132,12 +132,19 @@ def test_bad_data_files(tmp_path, capsys, content, match):
     (["--lr", "fast"], "expected a finite number >= 0"),
     (["--lr", "1e-3", "--min-lr", "2e-3"], "--min-lr 0.002 is above --lr 0.001"),
     (["--objective", "ar", "--complementary-masks"], "--complementary-masks is for diffusion training"),
-    (["--train-tokens", "10"], "--train-tokens 10 is less than one training window of 33 tokens"),
 ])
 def test_bad_training_flags(tmp_path, capsys, corpus_file, flags, match):
     out = tmp_path / "out"
     fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(out)] + flags, capsys, match)
     assert not out.exists() or not os.listdir(out)
+
+
+def test_train_tokens_too_few_is_one_line(tmp_path, capsys, corpus_file):
+    """Checked once the data is tokenized: the token cache stays (a complete file, reused), no checkpoint."""
+    out = tmp_path / "out"
+    fails_cleanly(train_tiny.main, TINY + ["--data", corpus_file, "--out-dir", str(out), "--train-tokens", "10"], capsys,
+                  "--train-tokens 10 is less than one training window of 33 tokens")
+    assert not (out / "ckpt.pt").exists()
 
 
 def test_bad_out_dirs(tmp_path, capsys, corpus_file):
