@@ -25,7 +25,7 @@ import torch
 
 from mini_dlm import distributed
 from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
-from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, non_negative_int, positive_int, print_config,
+from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, non_negative_int, positive_int, print_config,
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data, prepare_task, train_slice
 from mini_dlm.diffusion import evaluate, loss_fn
@@ -97,6 +97,8 @@ def get_parser():
     p.add_threads_flag(g)
     g.add_argument("--seed", type=int, default=1337, help="initial weights, batches and masks")
     g.add_argument("--eval-interval", type=positive_int, default=500, help="steps between validation + checkpoint")
+    g.add_argument("--eval-at", type=comma_list(positive_int, empty_ok=True), default="", help="comma-separated steps "
+                   "to evaluate at besides every --eval-interval (bench/data_constrained.py: log-spaced)")
     g.add_argument("--eval-windows", type=positive_int, default=64, help="validation windows per evaluation")
     g.add_argument("--log-interval", type=positive_int, default=10, help="steps between progress lines")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
@@ -334,7 +336,7 @@ def train(args, world):
                 if peak:
                     line += f" | mfu {model.flops_per_token(cfg.seq_len) * tokens_per_step / dt / peak:5.1%}"
                 print(line, flush=True)
-            if step % args.eval_interval == 0 or step == args.max_iters:
+            if step % args.eval_interval == 0 or step == args.max_iters or step in args.eval_at:
                 val = do_eval(step)
                 save(step, val)
                 t_last = time.time()  # evaluation time is not training time

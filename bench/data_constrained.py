@@ -10,8 +10,9 @@ many more.
 
 For every slice size N of --slices and both objectives, one train_tiny.py run (in this
 process) of the same model on the first N tokens of the training split (--train-tokens N),
-repeated for as many epochs as --steps take, evaluated every --steps / --evals steps on the
-same validation windows: AR's exact NLL, the diffusion model's ELBO bound, both nats/token.
+repeated for as many epochs as --steps take, evaluated at --evals steps spaced evenly on a log
+scale from step 10 (so that the small slices' first epochs are seen too), on the same
+validation windows: AR's exact NLL, the diffusion model's ELBO bound, both nats/token.
 The learning rate is constant after its warmup (no cosine decay), so each evaluation along a
 run stands for a model trained that long; epochs = steps x batch x context / N, and training
 FLOPs = ModelConfig.flops_per_token x tokens read (the same for both objectives: the same
@@ -52,7 +53,7 @@ def get_parser():
     p.add_argument("--slices", type=comma_list(positive_int), default="5000,20000,80000,340000",
                    help="comma-separated training-slice sizes, tokens (the shipped corpus has 346,899)")
     p.add_argument("--steps", type=positive_int, default=1200, help="optimizer steps of every run")
-    p.add_argument("--evals", type=positive_int, default=12, help="evaluations per run, evenly spaced")
+    p.add_argument("--evals", type=positive_int, default=12, help="evaluations per run (besides step 0), log-spaced")
     p.add_argument("--n-layer", type=positive_int, default=4, help="the model of every run (the cpu preset's)")
     p.add_argument("--n-head", type=positive_int, default=4, help="attention heads")
     p.add_argument("--n-embd", type=positive_int, default=128, help="width")
@@ -72,12 +73,19 @@ def get_parser():
     return p
 
 
+def eval_steps(steps, n):
+    """n steps from 10 (or 1) to steps, evenly spaced on a log scale, without repeats."""
+    lo = min(10, steps)
+    return sorted({round(lo * (steps / lo) ** (k / max(1, n - 1))) for k in range(n)})
+
+
 def train_run(args, objective, n_tokens):
     """One train_tiny.py run on the first n_tokens training tokens -> [(step, val nats/token)]."""
     out_dir = os.path.join(args.work_dir, f"{objective}-{n_tokens}")
     argv = ["--preset", "none", "--data", args.data, "--out-dir", out_dir, "--objective", objective,
             "--train-tokens", str(n_tokens), "--max-iters", str(args.steps),
-            "--eval-interval", str(max(1, args.steps // args.evals)), "--log-interval", str(args.steps),
+            "--eval-interval", str(args.steps), "--eval-at", ",".join(map(str, eval_steps(args.steps, args.evals))),
+            "--log-interval", str(args.steps),
             "--n-layer", str(args.n_layer), "--n-head", str(args.n_head), "--n-embd", str(args.n_embd),
             "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size), "--vocab-size", str(args.vocab_size),
             "--lr", str(args.lr), "--min-lr", str(args.lr), "--warmup-iters", str(args.warmup_iters),
@@ -176,7 +184,7 @@ def main(argv=None):
             curve = train_run(args, objective, n)
             records += records_of(args, objective, n, curve, flops_per_token)
             print(f"{objective:>3} on {n:>9,} tokens: {curve[-1][0]} steps, {records[-1]['epochs']:8.1f} epochs, "
-                  f"val {curve[0][1]:.4f} -> best {min(v for _, v in curve):.4f} -> last {curve[-1][1]:.4f}",
+                  f"val {curve[0][1]:.4f} -> best {min(v for s, v in curve if s):.4f} -> last {curve[-1][1]:.4f}",
                   flush=True)
             save(args.out, meta, records)  # after every run: an interrupted study keeps what it measured
     print()

@@ -14,18 +14,23 @@ from mini_dlm.cli import run  # noqa: E402
 
 def test_tiny_study_runs_both_objectives_on_every_slice(corpus_file, tmp_path, capsys):
     out = tmp_path / "dc.json"
-    data_constrained.main(["--data", corpus_file, "--quick", "--slices", "300,1200", "--steps", "8", "--evals", "2",
+    data_constrained.main(["--data", corpus_file, "--quick", "--slices", "300,1200", "--steps", "12", "--evals", "2",
                            "--vocab-size", "300", "--batch-size", "4", "--seq-len", "16", "--threads", "1",
                            "--work-dir", str(tmp_path / "runs"), "--out", str(out)])
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     recs = data["records"]
     assert {(r["objective"], r["slice"]) for r in recs} == {(o, n) for o in ("ar", "mdm") for n in (300, 1200)}
-    for r in recs:  # evaluations at steps 0, 4, 8; epochs = steps x batch x context / slice
-        assert r["step"] in (0, 4, 8) and r["epochs"] == pytest.approx(r["step"] * 4 * 16 / r["slice"])
+    for r in recs:  # evaluations at step 0 and the log-spaced 10 and 12; epochs = steps x batch x context / slice
+        assert r["step"] in (0, 10, 12) and r["epochs"] == pytest.approx(r["step"] * 4 * 16 / r["slice"])
         assert r["flops"] == data["meta"]["flops_per_token"] * r["step"] * 4 * 16 and r["val"] > 0
     assert [row["slice"] for row in data["summary"]] == [300, 1200]
     assert "DLM < AR from epoch on" in printed and (tmp_path / "dc.png").exists()
+
+
+def test_eval_steps_are_log_spaced():
+    assert data_constrained.eval_steps(1000, 4) == [10, 46, 215, 1000]
+    assert data_constrained.eval_steps(5, 3) == [5]
 
 
 def curve(objective, n, vals):
