@@ -36,7 +36,7 @@ def get_parser():
     p.add_argument("--student-steps", type=positive_int, default=16, help="the steps the final student samples in; "
                    "--teacher-steps / --student-steps must be a power of 2 (the number of rounds is its log2)")
     p.add_argument("--iters", type=positive_int, default=300, help="optimizer steps per round")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="windows of the teacher's context per step")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows of the teacher's context per step")
     p.add_argument("--lr", type=non_negative_float, default=1e-4, help="learning rate, constant after warmup")
     p.add_argument("--warmup-iters", type=positive_int, default=20, help="linear warmup at the start of each round")
     p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")

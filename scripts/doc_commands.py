@@ -54,7 +54,7 @@ CAPS = {  # script: {flag: (cap, the script's default)}
     "bench/task.py": {"--n": (16, 500)},
     "bench/data_constrained.py": {"--steps": (8, 1200), "--evals": (2, 12), "--n-layer": (1, 4), "--n-embd": (32, 128),
                                   "--eval-windows": (4, 64)},
-    "distill.py": {"--iters": (2, 300), "--batch-size": (2, 16)},
+    "distill.py": {"--iters": (2, 300), "--batch-size": (2, 8)},
     "bench/few_step.py": {"--num-prompts": (4, 50)},
     "torchrun": {"--nproc_per_node": (2, 1)},
 }
