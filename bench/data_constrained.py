@@ -5,7 +5,7 @@ repeated data after some epochs and overfits, a masked diffusion model keeps pro
 many more.
 
     python bench/data_constrained.py --quick     # a few minutes: 2 slices, a tiny model
-    python bench/data_constrained.py             # the study of notes/09 (about an hour on 2 cores)
+    python bench/data_constrained.py             # the study of notes/09 (42 minutes on one CPU thread)
     python bench/data_constrained.py --replot bench-out/data_constrained.json
 
 For every slice size N of --slices and both objectives, one train_tiny.py run (in this
