@@ -96,14 +96,15 @@ def main(argv=None):
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
             optimizer.step()
-            step, kls = step + 1, kls + [loss.item()]
+            step += 1
+            kls.append(loss.item())
             if (it + 1) % args.log_interval == 0 or it + 1 == args.iters:
                 recent = kls[-args.log_interval:]
                 print(f"round {r + 1}/{len(rounds)} ({n} -> {n // 2} steps) | iter {it + 1:4d}/{args.iters} | "
                       f"KL {sum(recent) / len(recent):.4f} nats/masked token | "
                       f"{(time.time() - t0) * 1000 / (it + 1):6.1f} ms/iter", flush=True)
         config = {**ckpt.get("train_config", {}), "distilled_from": args.teacher, "distill_steps": n // 2,
-                  "distill": {k: v for k, v in vars(args).items()}}
+                  "distill": dict(vars(args))}
         save_checkpoint(path, student, tok, step, None, config)
         print(f"saved {path}: the student of round {r + 1}, for {n // 2}-step sampling")
 

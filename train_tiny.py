@@ -132,7 +132,7 @@ def parse_args(argv=None):
               "--preset and any flag override it")
     values = dict(PRESETS.get(preset, {}))
     if args.task:
-        values["seq_len"] = SUDOKUS[args.task].prompt_len + SUDOKUS[args.task].answer_len
+        values["seq_len"] = SUDOKUS[args.task].row_len
     for k, v in values.items():
         if k not in given:  # a flag given on the command line wins
             setattr(args, k, v)
@@ -172,7 +172,7 @@ def lr_at(it, args):
 def check_flags(args):
     """What the flag types alone cannot check, before the data is read or anything is kept."""
     if args.task:
-        need = SUDOKUS[args.task].prompt_len + SUDOKUS[args.task].answer_len
+        need = SUDOKUS[args.task].row_len
         if args.seq_len != need:
             raise ValueError(f"--task {args.task} rows are {need} tokens: leave --seq-len out or give {need}")
         if args.docs or args.block_size:
@@ -222,7 +222,7 @@ def train(args, world):
         ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len,
                     dropout=args.dropout, objective=args.objective, block_size=args.block_size)  # validate the
         # flags before anything is read or written
-    init = load_init(args.init_from, args) if args.init_from else None
+    init_weights, init_tokenizer = load_init(args.init_from, args) if args.init_from else (None, None)
 
     # -- data: tokenizer + token ids, cached in out-dir (under DDP every rank makes the same: BPE
     # training is deterministic and the cache is written atomically)
@@ -237,16 +237,16 @@ def train(args, world):
         prompt_len = 0
     if args.train_tokens:
         train_ids = train_slice(train_ids, args.train_tokens, args.seq_len + 1)
-    if init:
-        check_init_tokenizer(args.init_from, init[1], tokenizer)
+    if init_tokenizer is not None:
+        check_init_tokenizer(args.init_from, init_tokenizer, tokenizer)
     if not resumed:
         torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
                           mask_id=tokenizer.mask_id, objective=args.objective, block_size=args.block_size)
         model = Transformer(cfg)
-        if init:
-            model.load_state_dict(init[0])  # AR-to-diffusion: the same weights, now trained as cfg.objective
+        if init_weights is not None:
+            model.load_state_dict(init_weights)  # AR-to-diffusion: the same weights, now trained as cfg.objective
     model.to(device).train()
     optimizer = model.configure_optimizer(args.lr, args.weight_decay, (0.9, 0.95), device.type)
     start = 0
@@ -267,7 +267,7 @@ def train(args, world):
               f"{epochs:,.1f} times (epochs)")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
           f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") +
-          (f", resuming at step {start}" if resumed else "") + (f", initialised from {args.init_from}" if init else ""))
+          (f", resuming at step {start}" if resumed else "") + (f", initialised from {args.init_from}" if args.init_from else ""))
     share = args.batch_size // world.size
     rows = slice(world.rank * share, (world.rank + 1) * share)  # this rank's rows of every batch
     if world.ddp:

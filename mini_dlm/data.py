@@ -140,7 +140,7 @@ def prepare_task(name, seed, n_train, n_test, cache_dir):
         texts = [tasks.row_text(p, s) for p, s in splits[split]]
         rows[split] = torch.tensor([ids + [tokenizer.eot_id] for ids in tokenizer.enc.encode_ordinary_batch(texts)],
                                    dtype=torch.int32)  # (N, 2 * cells + 2)
-        assert rows[split].shape[1] == sudoku.prompt_len + sudoku.answer_len + 1, "a cell is not one token"
+        assert rows[split].shape[1] == sudoku.row_len + 1, "a cell is not one token"
     os.makedirs(cache_dir, exist_ok=True)
     atomic_save({"tokenizer": tokenizer.to_dict(), "train": rows["train"], "val": rows["val"]}, cache)
     return tokenizer, rows["train"], rows["val"]

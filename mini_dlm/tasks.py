@@ -63,6 +63,11 @@ class Sudoku:
     def answer_len(self):
         return self.cells
 
+    @property
+    def row_len(self):
+        """Tokens of a row, prompt + answer: the context a --task model is trained with."""
+        return self.prompt_len + self.answer_len
+
     def units(self):
         """The 3n units (rows, columns, boxes), each a list of n cell indices."""
         n, r, c = self.n, self.box_rows, self.box_cols
