@@ -92,6 +92,8 @@ def get_parser():
     g.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
     g.add_argument("--complementary-masks", action="store_true", help="diffusion: every window twice, the second time "
                    "with the complement of its mask (Fast-dLLM v2); doubles the rows a step computes")
+    g.add_argument("--token-shift", action="store_true", help="diffusion: a position's prediction comes from the "
+                   "hidden state of the position before it, as in an AR model (Fast-dLLM v2)")
     g = p.add_argument_group("run")
     p.add_device_flag(g)
     p.add_threads_flag(g)
@@ -210,7 +212,7 @@ def train(args, world):
     if args.resume:
         model, tokenizer, resumed = load_checkpoint(ckpt_path, flag="--resume")
         cfg, tc = model.config, resumed["train_config"]
-        for name in ("objective", "block_size", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
+        for name in ("objective", "block_size", "token_shift", "n_layer", "n_head", "n_embd", "seq_len", "dropout"):
             setattr(args, name, getattr(cfg, name))  # the checkpoint's shape wins over the flags
         args.docs, args.doc_sep = tc.get("docs", False), tc.get("doc_sep", args.doc_sep)  # and its data mode
         args.train_tokens, args.complementary_masks = tc.get("train_tokens"), tc.get("complementary_masks", False)
@@ -220,7 +222,8 @@ def train(args, world):
     else:
         tokenizer, vocab_size, tok_kind = None, args.vocab_size, args.tokenizer
         ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len,
-                    dropout=args.dropout, objective=args.objective, block_size=args.block_size)  # validate the
+                    dropout=args.dropout, objective=args.objective, block_size=args.block_size,
+                    token_shift=args.token_shift)  # validate the
         # flags before anything is read or written
     init_weights, init_tokenizer = load_init(args.init_from, args) if args.init_from else (None, None)
 
@@ -243,7 +246,8 @@ def train(args, world):
         torch.manual_seed(args.seed)  # the initial weights depend on --seed only
         cfg = ModelConfig(vocab_size=tokenizer.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer,
                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
-                          mask_id=tokenizer.mask_id, objective=args.objective, block_size=args.block_size)
+                          mask_id=tokenizer.mask_id, objective=args.objective, block_size=args.block_size,
+                          token_shift=args.token_shift)
         model = Transformer(cfg)
         if init_weights is not None:
             model.load_state_dict(init_weights)  # AR-to-diffusion: the same weights, now trained as cfg.objective
@@ -267,6 +271,7 @@ def train(args, world):
               f"{epochs:,.1f} times (epochs)")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters (+{model.wte.weight.numel() / 1e6:.2f}M embedding), "
           f"objective {cfg.objective}" + (f", blocks of {cfg.block_size}" if cfg.block_size else "") +
+          (", token shift" if cfg.token_shift else "") +
           (f", resuming at step {start}" if resumed else "") + (f", initialised from {args.init_from}" if args.init_from else ""))
     share = args.batch_size // world.size
     rows = slice(world.rank * share, (world.rank + 1) * share)  # this rank's rows of every batch

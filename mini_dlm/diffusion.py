@@ -81,6 +81,14 @@ def bd3_attention_mask(L, b, device="cpu"):
     return torch.cat([top, bottom], dim=0)
 
 
+def bd3_left(L, b, device="cpu"):
+    """Token shift (model.shift_right) over [x_t ; x0]: the column whose hidden state gives each
+    column's logits (2L,). Inside a block the noisy column before it; a block's first column
+    reads the clean last column of the block before, in x0, as a sampler reads it from its cache."""
+    i = torch.arange(L, device=device)
+    return torch.cat([torch.where(i % b == 0, L + i - 1, i - 1), L + i - 1])
+
+
 def denoise(model, x_t, x0):
     """The model's logits (B, L, V) for x0 given x_t. Full attention: f(x_t). Block diffusion:
     one forward over [x_t ; x0] with bd3_attention_mask, both halves at positions 0..L-1,
@@ -90,7 +98,8 @@ def denoise(model, x_t, x0):
         return model(x_t)
     L = x_t.shape[1]
     pos = torch.arange(L, device=x_t.device).repeat(2)  # (2L,)
-    return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos)[:, :L]
+    left = bd3_left(L, b, x_t.device) if model.config.token_shift else None
+    return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos, left=left)[:, :L]
 
 
 def keep_prompt(u, prompt_len):

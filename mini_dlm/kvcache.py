@@ -52,12 +52,20 @@ class KVCache:
         self.k, self.v = [None] * n_layer, [None] * n_layer
         self.k_suffix, self.v_suffix = (None, None) if suffix_from is None else ([None] * n_layer, [None] * n_layer)
         self.length = end - pad  # (B,) valid slots per row, once recorded
+        self.left = None  # token shift: the hidden state (B, C) of the last cached column
         self.state = "record"
 
     def append_next(self):
         """The next forward appends its tokens' keys/values after reading. Returns the cache."""
         self.state = "append"
         return self
+
+    def keep_left(self, h, recorded):
+        """Token shift (model.shift_right): keep the final hidden state of the last column the
+        forward cached, from h (B, T, C): column end - 1 of a recording, the last appended
+        column otherwise. The next new token's logits come from it."""
+        h = h[:, :self.end] if recorded else h
+        self.left = h[:, -1] if h.shape[1] else None
 
     def layer(self, i):
         """Arguments 4.. of ops.block_attention for layer i."""

@@ -37,6 +37,7 @@ class ModelConfig:
     objective: str = "mdm"  # "mdm": bidirectional mask predictor | "ar": causal next-token
     rope_base: float = 10000.0
     block_size: int = 0  # b > 0: block diffusion (BD3-LM), block-causal attention; 0: full attention
+    token_shift: bool = False  # Fast-dLLM v2: column t's logits come from the hidden state of column t - 1
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_embd"):
@@ -56,6 +57,8 @@ class ModelConfig:
             raise ValueError(f"block_size ({self.block_size}) must be 0 or a divisor of seq_len ({self.seq_len})")
         if self.block_size and self.objective != "mdm":
             raise ValueError("block_size > 0 (block diffusion) needs objective='mdm'")
+        if self.token_shift and self.objective != "mdm":
+            raise ValueError("token_shift is for the mask predictor (objective='mdm'); an AR model shifts by its targets")
 
 
 def block_causal(L, b, start=0, device=None):
@@ -64,6 +67,22 @@ def block_causal(L, b, start=0, device=None):
     block attention is full, across blocks causal (BD3-LM); b = 1 is plain causal attention."""
     blk = torch.div(torch.arange(L, device=device) - start, b, rounding_mode="floor")  # (L,)
     return blk[:, None] >= blk[None, :]
+
+
+def shift_right(h, pos, left=None, first=None):
+    """Token shift (Fast-dLLM v2): h (B, T, C) final hidden states -> (B, T, C) whose column t is
+    the hidden state of the column left of t. left (T,): that column for each t (default
+    t - 1); first (B, C): the hidden state left of column 0 when it is not in h (a KV cache's).
+    Where pos == 0 a column has nothing to its left and keeps its own state. An AR model
+    predicts token t from position t - 1; a converted model that keeps this keeps the meaning
+    of its output head."""
+    if first is not None:
+        prev = torch.cat([first[:, None], h[:, :-1]], dim=1)
+    else:
+        left = torch.arange(h.shape[1], device=h.device) - 1 if left is None else left
+        prev = h[:, left.clamp(min=0)]
+    start = (pos == 0).unsqueeze(-1)  # (T, 1) or (B, T, 1): a row's first position
+    return torch.where(start, h, prev)
 
 
 def rope_tables(seq_len, head_dim, base):
@@ -153,7 +172,7 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, attn_mask=None, pos=None, cache=None, only=None):
+    def forward(self, idx, attn_mask=None, pos=None, cache=None, only=None, left=None):
         """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf.
         attn_mask: None for the model's own pattern (mdm: full; ar: causal; block diffusion:
         block-causal with blocks of block_size from position 0), or a bool tensor
@@ -164,7 +183,19 @@ class Transformer(nn.Module):
         cache's keys/values and to each other (attn_mask is not used), appending theirs when
         the cache was told to (append_next).
         only: a slice of positions; logits are computed for those alone (a sampler needs one
-        block's logits, not all T: the output head is a large part of a small model's work)."""
+        block's logits, not all T: the output head is a large part of a small model's work).
+        left: with token_shift, the column whose hidden state gives each column's logits
+        (T,), default t - 1 (shift_right); a cache supplies the one left of its new tokens."""
+        x = self.trunk(idx, attn_mask, pos, cache, left)  # (B, T, C)
+        if only is not None:
+            x = x[:, only]  # (B, T', C)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        logits[..., self.config.mask_id] = float("-inf")  # SUBS: never predict M
+        return logits
+
+    def trunk(self, idx, attn_mask=None, pos=None, cache=None, left=None):
+        """forward's arguments -> the last block's hidden states (B, T, C), token-shifted with
+        token_shift: what the output norm and head read (and mini_dlm/didi.py's discriminator)."""
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)
@@ -175,14 +206,17 @@ class Transformer(nn.Module):
         if cos.dim() == 3:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D/2): broadcast over heads
         is_causal = attn_mask is None and not reading and self.config.objective == "ar"
+        recording = cache is not None and cache.state == "record"
+        appending = cache is not None and cache.state == "append"
         x = self.wte(idx)  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask, is_causal, cache)
-        if only is not None:
-            x = x[:, only]  # (B, T', C)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        logits[..., self.config.mask_id] = float("-inf")  # SUBS: never predict M
-        return logits
+        if self.config.token_shift:
+            h = x
+            x = shift_right(h, pos, left, cache.left if reading else None)
+            if recording or appending:
+                cache.keep_left(h, recording)
+        return x
 
     def num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
