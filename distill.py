@@ -1,15 +1,23 @@
 """
-Distil a trained diffusion model into a student that samples in few steps (notes/10): rounds of
-self-distillation through time (mini_dlm/distill.py), each halving the steps.
+Distil a trained diffusion model into a student that samples in few steps (notes/10), by one
+of two methods:
 
-    python distill.py --teacher out/ckpt.pt --out-dir out-distill             # 256 -> 16 steps
+  sdtt  rounds of self-distillation through time (mini_dlm/distill.py), each halving the
+        steps: round r trains the student, from the weights it has, to do in one step what a
+        frozen copy of itself (the first round's: --teacher) does in two, at the grid of
+        --teacher-steps / 2^r steps;
+  didi  distribution matching after DiDi-Instruct (mini_dlm/didi.py): the student samples in
+        --student-steps, a discriminator learns to tell its noised samples from the teacher's
+        (--teacher-steps samples, drawn once and kept in <out-dir>), and a policy gradient
+        moves the student towards the teacher's.
+
+    python distill.py --teacher out/ckpt.pt --out-dir out-distill             # sdtt, 256 -> 16 steps
     python distill.py --teacher out/ckpt.pt --out-dir out-distill --iters 20  # a first try, about a minute
+    python distill.py --teacher out/ckpt.pt --method didi --out-dir out-didi
     python bench/few_step.py --teacher out/ckpt.pt --student out-distill/ckpt.pt --ar out-ar/ckpt.pt
 
-Round r trains the student, from the weights it has, to do in one step what a frozen copy of
-itself (the teacher of the round; the first round's is --teacher) does in two, at the grid of
---teacher-steps / 2^r steps. Writes <out-dir>/ckpt.pt, a checkpoint like train_tiny.py's
-(sample.py reads it), atomically after every round.
+Writes <out-dir>/ckpt.pt, a checkpoint like train_tiny.py's (sample.py reads it), atomically
+after every round (sdtt) or at the end (didi).
 """
 
 import copy
@@ -19,11 +27,15 @@ import time
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
+from mini_dlm.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, positive_int, print_config,
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
+from mini_dlm.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rewards, rollout,
+                           start_states)
 from mini_dlm.distill import sdtt_loss, sdtt_targets
+
+METHODS = ("sdtt", "didi")
 
 
 def get_parser():
@@ -32,11 +44,26 @@ def get_parser():
     p.add_argument("--out-dir", default="out-distill", help="where the student's ckpt.pt goes")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose training split gives the windows (the teacher's "
                    "tokenizer encodes it)")
-    p.add_argument("--teacher-steps", type=positive_int, default=256, help="the steps the first round's teacher samples in")
+    p.add_argument("--method", choices=METHODS, default="sdtt", help="sdtt: halving rounds; didi: distribution "
+                   "matching with a discriminator")
+    p.add_argument("--teacher-steps", type=positive_int, default=256, help="sdtt: the steps the first round's teacher "
+                   "samples in; didi: the steps of the teacher samples the student is matched to")
     p.add_argument("--student-steps", type=positive_int, default=16, help="the steps the final student samples in; "
-                   "--teacher-steps / --student-steps must be a power of 2 (the number of rounds is its log2)")
-    p.add_argument("--iters", type=positive_int, default=300, help="optimizer steps per round")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="windows of the teacher's context per step")
+                   "sdtt: --teacher-steps / --student-steps must be a power of 2 (the number of rounds is its log2)")
+    p.add_argument("--iters", type=positive_int, default=300, help="optimizer steps per round (didi: in all)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sdtt: windows of the teacher's context per step")
+    g = p.add_argument_group("didi")
+    g.add_argument("--prompt-len", type=positive_int, default=16, help="tokens of a training window kept as the "
+                   "prompt; the student and teacher samples complete the rest of the teacher's context")
+    g.add_argument("--bank", type=positive_int, default=64, help="teacher samples drawn once (kept in --out-dir)")
+    g.add_argument("--groups", type=positive_int, default=2, help="start states per step")
+    g.add_argument("--group-size", type=positive_int, default=4, help="student samples per start state, whose rewards "
+                   "are normalised together (at least 2)")
+    g.add_argument("--tau-min", type=non_negative_float, default=0.5, help="start states re-mask a teacher sample at "
+                   "tau ~ U(tau-min, 1]; 1 starts from the prompt alone")
+    g.add_argument("--score-steps", type=positive_int, default=4, help="rollout steps whose log-probabilities are "
+                   "scored per update (an unbiased estimate of all)")
+    g.add_argument("--disc-lr", type=non_negative_float, default=1e-3, help="the discriminator's learning rate")
     p.add_argument("--lr", type=non_negative_float, default=1e-4, help="learning rate, constant after warmup")
     p.add_argument("--warmup-iters", type=positive_int, default=20, help="linear warmup at the start of each round")
     p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
@@ -67,35 +94,55 @@ def load_teacher(path, device, flag="--teacher"):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    rounds = halvings(args.teacher_steps, args.student_steps)
+    rounds = halvings(args.teacher_steps, args.student_steps) if args.method == "sdtt" else None
+    if args.method == "didi" and args.group_size < 2:
+        raise ValueError("--group-size must be at least 2: rewards are normalised within a group")
     args.threads = set_threads(args.threads)
     device = resolve_device(args.device)
     teacher, tok, ckpt = load_teacher(args.teacher, device)
+    if args.method == "didi" and args.prompt_len >= teacher.config.seq_len:
+        raise ValueError(f"--prompt-len {args.prompt_len} leaves nothing to generate in a context of "
+                         f"{teacher.config.seq_len}")
     check_out_dir(args.out_dir)
     os.makedirs(args.out_dir, exist_ok=True)
-    L = teacher.config.seq_len
-    _, train_ids, _ = prepare_data(args.data, tok.vocab_size, args.out_dir, L, tokenizer=tok)
-    print_config("config", {**vars(args), "device": str(device), "rounds": " -> ".join(map(str, rounds + [args.student_steps]))})
-
+    _, train_ids, _ = prepare_data(args.data, tok.vocab_size, args.out_dir, teacher.config.seq_len, tokenizer=tok)
+    plan = " -> ".join(map(str, rounds + [args.student_steps])) if rounds else f"{args.student_steps} steps"
+    print_config("config", {**vars(args), "device": str(device), "plan": plan})
     torch.manual_seed(args.seed)
-    batch_gen, noise_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
     student = copy.deepcopy(teacher).train()
+    save = lambda step, n: save_checkpoint(  # noqa: E731
+        os.path.join(args.out_dir, "ckpt.pt"), student, tok, step, None,
+        {**ckpt.get("train_config", {}), "distilled_from": args.teacher, "distill_steps": n, "distill": dict(vars(args))})
+    if args.method == "sdtt":
+        sdtt(args, teacher, student, train_ids, device, rounds, save)
+    else:
+        didi(args, teacher, student, train_ids, device, save)
+
+
+def update(optimizer, loss, model, it, args, lr):
+    """One optimizer step on loss, with linear warmup over --warmup-iters and clipping."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * min(1.0, (it + 1) / args.warmup_iters)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if args.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()
+
+
+def sdtt(args, teacher, student, train_ids, device, rounds, save):
+    L = teacher.config.seq_len
+    batch_gen, noise_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
     optimizer = student.configure_optimizer(args.lr, 0.0, (0.9, 0.95), device.type)
-    path, step = os.path.join(args.out_dir, "ckpt.pt"), 0
+    step = 0
     for r, n in enumerate(rounds):
         frozen = copy.deepcopy(student).eval()  # this round's teacher: the student as it is
         t0, kls = time.time(), []
         for it in range(args.iters):
-            for group in optimizer.param_groups:
-                group["lr"] = args.lr * min(1.0, (it + 1) / args.warmup_iters)
             x0 = get_batch(train_ids, args.batch_size, L, batch_gen, device)  # (B, L)
             with autocast(device):
                 loss = sdtt_loss(student, *sdtt_targets(frozen, x0, n, noise_gen))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
-            optimizer.step()
+            update(optimizer, loss, student, it, args, args.lr)
             step += 1
             kls.append(loss.item())
             if (it + 1) % args.log_interval == 0 or it + 1 == args.iters:
@@ -103,10 +150,66 @@ def main(argv=None):
                 print(f"round {r + 1}/{len(rounds)} ({n} -> {n // 2} steps) | iter {it + 1:4d}/{args.iters} | "
                       f"KL {sum(recent) / len(recent):.4f} nats/masked token | "
                       f"{(time.time() - t0) * 1000 / (it + 1):6.1f} ms/iter", flush=True)
-        config = {**ckpt.get("train_config", {}), "distilled_from": args.teacher, "distill_steps": n // 2,
-                  "distill": dict(vars(args))}
-        save_checkpoint(path, student, tok, step, None, config)
-        print(f"saved {path}: the student of round {r + 1}, for {n // 2}-step sampling")
+        save(step, n // 2)
+        print(f"saved {args.out_dir}/ckpt.pt: the student of round {r + 1}, for {n // 2}-step sampling")
+
+
+def teacher_bank(args, teacher, train_ids, device):
+    """--bank teacher samples (N, L): prompts of --prompt-len tokens from training windows, the rest
+    drawn by the teacher in --teacher-steps (didi.rollout). Kept in --out-dir and reused by a run
+    with the same teacher, steps, size, prompt length and seed."""
+    L, M = teacher.config.seq_len, teacher.config.mask_id
+    key = dict(teacher=os.path.abspath(args.teacher), steps=args.teacher_steps, n=args.bank,
+               prompt_len=args.prompt_len, seed=args.seed)
+    path = os.path.join(args.out_dir, "teacher_bank.pt")
+    if os.path.exists(path):
+        kept = torch.load(path, weights_only=True)
+        if kept["key"] == key:
+            print(f"teacher samples: {args.bank} read from {path}")
+            return kept["x"].to(device)
+    t0, gen, xs = time.time(), torch.Generator(device).manual_seed(args.seed), []
+    windows = get_batch(train_ids, args.bank, L, torch.Generator().manual_seed(args.seed + 1), device)  # (N, L)
+    for i in range(0, args.bank, 16):
+        z = windows[i:i + 16].clone()
+        z[:, args.prompt_len:] = M
+        with autocast(device):
+            xs.append(rollout(teacher, z, args.teacher_steps, gen)[0])
+        print(f"teacher samples: {min(i + 16, args.bank)}/{args.bank} in {args.teacher_steps} steps, "
+              f"{time.time() - t0:.0f} s", flush=True)
+    x = torch.cat(xs)
+    atomic_save({"key": key, "x": x.cpu()}, path)
+    return x
+
+
+def didi(args, teacher, student, train_ids, device, save):
+    M, P, G = teacher.config.mask_id, args.groups, args.group_size
+    bank = teacher_bank(args, teacher, train_ids, device)  # (N, L)
+    disc = Discriminator(copy.deepcopy(teacher)).to(device).train()
+    optimizer = student.configure_optimizer(args.lr, 0.0, (0.9, 0.95), device.type)
+    d_optimizer = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    gen, pick = torch.Generator(device).manual_seed(args.seed), torch.Generator().manual_seed(args.seed)
+    t0, log = time.time(), []
+    for it in range(args.iters):
+        x_teacher = bank[torch.randint(len(bank), (P,), generator=pick)]  # (P, L): the groups' teacher samples
+        z, n = start_states(x_teacher, args.prompt_len, M, args.tau_min, G, args.student_steps, gen)  # (P*G, L)
+        with autocast(device):
+            x, path = rollout(student, z, n, gen)  # (P*G, L)
+            d_loss = discriminator_loss(disc, x, bank[torch.randint(len(bank), (P * G,), generator=pick)],
+                                        args.prompt_len, M, gen)
+        update(d_optimizer, d_loss, disc, it, args, args.disc_lr)
+        with autocast(device):
+            r = rewards(disc, x, args.prompt_len, M, generator=gen)  # (P*G,): log q_S / q_T, estimated
+            advantage = group_normalise(r, G)
+            n_gen = (z == M).sum(dim=1).clamp(min=1)  # (P*G,): tokens each rollout drew
+            loss = (advantage * log_prob(student, x, path, args.score_steps, pick) / n_gen).mean()
+        update(optimizer, loss, student, it, args, args.lr)
+        log.append((d_loss.item(), r.mean().item()))
+        if (it + 1) % args.log_interval == 0 or it + 1 == args.iters:
+            d, rm = (sum(v) / len(v) for v in zip(*log[-args.log_interval:]))
+            print(f"iter {it + 1:4d}/{args.iters} | discriminator BCE {d:.4f} | log q_S/q_T {rm:+.4f} | "
+                  f"{(time.time() - t0) * 1000 / (it + 1):6.0f} ms/iter", flush=True)
+    save(args.iters, args.student_steps)
+    print(f"saved {args.out_dir}/ckpt.pt: the student, for {args.student_steps}-step sampling")
 
 
 if __name__ == "__main__":
