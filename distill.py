@@ -64,6 +64,8 @@ def get_parser():
     g.add_argument("--score-steps", type=positive_int, default=4, help="rollout steps whose log-probabilities are "
                    "scored per update (an unbiased estimate of all)")
     g.add_argument("--disc-lr", type=non_negative_float, default=1e-3, help="the discriminator's learning rate")
+    g.add_argument("--disc-steps", type=positive_int, default=1, help="discriminator updates per student update, on "
+                   "the same student samples with fresh noise and teacher samples")
     p.add_argument("--lr", type=non_negative_float, default=1e-4, help="learning rate, constant after warmup")
     p.add_argument("--warmup-iters", type=positive_int, default=20, help="linear warmup at the start of each round")
     p.add_argument("--grad-clip", type=non_negative_float, default=1.0, help="0 disables clipping")
@@ -194,9 +196,11 @@ def didi(args, teacher, student, train_ids, device, save):
         z, n = start_states(x_teacher, args.prompt_len, M, args.tau_min, G, args.student_steps, gen)  # (P*G, L)
         with autocast(device):
             x, path = rollout(student, z, n, gen)  # (P*G, L)
-            d_loss = discriminator_loss(disc, x, bank[torch.randint(len(bank), (P * G,), generator=pick)],
-                                        args.prompt_len, M, gen)
-        update(d_optimizer, d_loss, disc, it, args, args.disc_lr)
+        for _ in range(args.disc_steps):
+            with autocast(device):
+                d_loss = discriminator_loss(disc, x, bank[torch.randint(len(bank), (P * G,), generator=pick)],
+                                            args.prompt_len, M, gen)
+            update(d_optimizer, d_loss, disc, it, args, args.disc_lr)
         with autocast(device):
             r = rewards(disc, x, args.prompt_len, M, generator=gen)  # (P*G,): log q_S / q_T, estimated
             advantage = group_normalise(r, G)

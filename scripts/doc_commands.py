@@ -24,7 +24,7 @@ depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths)
   bench/kernels.py     --repeats <= 2
   bench/task.py        --n <= 16 (within the capped --task-test)
   bench/data_constrained.py   --steps <= 8, --evals <= 2, a 1 x 32 model, --eval-windows <= 4
-  distill.py           --iters <= 2, --batch-size <= 2;  bench/few_step.py  --num-prompts <= 4
+  distill.py           --iters <= 2, --batch-size <= 2, --bank <= 4;  bench/few_step.py  --num-prompts <= 4
 Skipped, with the reason printed:
   pip ...                      setup: CI's setup stage runs it (the scratch copy has the build)
   python -m pytest -q tests    the whole suite: CI's test stage runs it (single files do run)
@@ -54,7 +54,7 @@ CAPS = {  # script: {flag: (cap, the script's default)}
     "bench/task.py": {"--n": (16, 500)},
     "bench/data_constrained.py": {"--steps": (8, 1200), "--evals": (2, 12), "--n-layer": (1, 4), "--n-embd": (32, 128),
                                   "--eval-windows": (4, 64)},
-    "distill.py": {"--iters": (2, 300), "--batch-size": (2, 8)},
+    "distill.py": {"--iters": (2, 300), "--batch-size": (2, 8), "--bank": (4, 64)},
     "bench/few_step.py": {"--num-prompts": (4, 50)},
     "torchrun": {"--nproc_per_node": (2, 1)},
 }
