@@ -55,7 +55,8 @@ def get_parser():
     g = p.add_argument_group("didi")
     g.add_argument("--prompt-len", type=positive_int, default=16, help="tokens of a training window kept as the "
                    "prompt; the student and teacher samples complete the rest of the teacher's context")
-    g.add_argument("--bank", type=positive_int, default=64, help="teacher samples drawn once (kept in --out-dir)")
+    g.add_argument("--bank", type=positive_int, default=64, help="teacher samples drawn once (kept in --out-dir); "
+                   "an eighth (at least one) is held out to check the discriminator")
     g.add_argument("--groups", type=positive_int, default=2, help="start states per step")
     g.add_argument("--group-size", type=positive_int, default=4, help="student samples per start state, whose rewards "
                    "are normalised together (at least 2)")
@@ -97,8 +98,9 @@ def load_teacher(path, device, flag="--teacher"):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     rounds = halvings(args.teacher_steps, args.student_steps) if args.method == "sdtt" else None
-    if args.method == "didi" and args.group_size < 2:
-        raise ValueError("--group-size must be at least 2: rewards are normalised within a group")
+    if args.method == "didi" and min(args.group_size, args.bank) < 2:
+        raise ValueError("--group-size and --bank must be at least 2: rewards are normalised within a group, and the "
+                         "discriminator is checked on teacher samples it does not train on")
     args.threads = set_threads(args.threads)
     device = resolve_device(args.device)
     teacher, tok, ckpt = load_teacher(args.teacher, device)
@@ -186,6 +188,7 @@ def teacher_bank(args, teacher, train_ids, device):
 def didi(args, teacher, student, train_ids, device, save):
     M, P, G = teacher.config.mask_id, args.groups, args.group_size
     bank = teacher_bank(args, teacher, train_ids, device)  # (N, L)
+    bank, held = bank[:-max(1, len(bank) // 8)], bank[-max(1, len(bank) // 8):]  # held out: the discriminator's check
     disc = Discriminator(copy.deepcopy(teacher)).to(device).train()
     optimizer = student.configure_optimizer(args.lr, 0.0, (0.9, 0.95), device.type)
     d_optimizer = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -194,8 +197,10 @@ def didi(args, teacher, student, train_ids, device, save):
     for it in range(args.iters):
         x_teacher = bank[torch.randint(len(bank), (P,), generator=pick)]  # (P, L): the groups' teacher samples
         z, n = start_states(x_teacher, args.prompt_len, M, args.tau_min, G, args.student_steps, gen)  # (P*G, L)
-        with autocast(device):
+        with autocast(device), torch.no_grad():
             x, path = rollout(student, z, n, gen)  # (P*G, L)
+            held_bce = discriminator_loss(disc, x, held[torch.randint(len(held), (P * G,), generator=pick)],
+                                          args.prompt_len, M, gen)  # on samples it has not trained on
         for _ in range(args.disc_steps):
             with autocast(device):
                 d_loss = discriminator_loss(disc, x, bank[torch.randint(len(bank), (P * G,), generator=pick)],
@@ -207,10 +212,10 @@ def didi(args, teacher, student, train_ids, device, save):
             n_gen = (z == M).sum(dim=1).clamp(min=1)  # (P*G,): tokens each rollout drew
             loss = (advantage * log_prob(student, x, path, args.score_steps, pick) / n_gen).mean()
         update(optimizer, loss, student, it, args, args.lr)
-        log.append((d_loss.item(), r.mean().item()))
+        log.append((d_loss.item(), held_bce.item(), r.mean().item()))
         if (it + 1) % args.log_interval == 0 or it + 1 == args.iters:
-            d, rm = (sum(v) / len(v) for v in zip(*log[-args.log_interval:]))
-            print(f"iter {it + 1:4d}/{args.iters} | discriminator BCE {d:.4f} | log q_S/q_T {rm:+.4f} | "
+            d, h, rm = (sum(v) / len(v) for v in zip(*log[-args.log_interval:]))
+            print(f"iter {it + 1:4d}/{args.iters} | discriminator BCE {d:.4f}, held out {h:.4f} | log q_S/q_T {rm:+.4f} | "
                   f"{(time.time() - t0) * 1000 / (it + 1):6.0f} ms/iter", flush=True)
     save(args.iters, args.student_steps)
     print(f"saved {args.out_dir}/ckpt.pt: the student, for {args.student_steps}-step sampling")

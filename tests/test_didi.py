@@ -114,7 +114,7 @@ def test_distill_didi_end_to_end(checkpoints, corpus_file, tmp_path, capsys):
             "--device", "cpu", "--threads", "1"]
     distill.main(argv)
     printed = capsys.readouterr().out
-    assert "teacher samples: 4/4 in 4 steps" in printed and "iter    2/2 | discriminator BCE" in printed
+    assert "teacher samples: 4/4 in 4 steps" in printed and "iter    2/2 | discriminator BCE" in printed and ", held out " in printed
     model, _, ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     teacher, _, _ = load_checkpoint(checkpoints["dlm"])
     assert ckpt["train_config"]["distill_steps"] == 2 and ckpt["train_config"]["distill"]["method"] == "didi"
@@ -124,7 +124,8 @@ def test_distill_didi_end_to_end(checkpoints, corpus_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--group-size", "1"], "--group-size must be at least 2"),
+    (["--group-size", "1"], "--group-size and --bank must be at least 2"),
+    (["--bank", "1"], "--group-size and --bank must be at least 2"),
     (["--prompt-len", "32"], "leaves nothing to generate"),
 ])
 def test_distill_didi_bad_input_is_one_line(checkpoints, corpus_file, tmp_path, capsys, flags, match):
