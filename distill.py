@@ -21,6 +21,7 @@ after every round (sdtt) or at the end (didi).
 """
 
 import copy
+import functools
 import math
 import os
 import time
@@ -114,13 +115,19 @@ def main(argv=None):
     print_config("config", {**vars(args), "device": str(device), "plan": plan})
     torch.manual_seed(args.seed)
     student = copy.deepcopy(teacher).train()
-    save = lambda step, n: save_checkpoint(  # noqa: E731
-        os.path.join(args.out_dir, "ckpt.pt"), student, tok, step, None,
-        {**ckpt.get("train_config", {}), "distilled_from": args.teacher, "distill_steps": n, "distill": dict(vars(args))})
+    save = functools.partial(save_student, args, student, tok, ckpt)  # save(step, n_steps)
     if args.method == "sdtt":
         sdtt(args, teacher, student, train_ids, device, rounds, save)
     else:
         didi(args, teacher, student, train_ids, device, save)
+
+
+def save_student(args, student, tok, teacher_ckpt, step, n_steps):
+    """<out-dir>/ckpt.pt, atomically: the student for n_steps-step sampling, a checkpoint like
+    train_tiny.py's with the teacher's training config and how it was distilled."""
+    config = {**teacher_ckpt.get("train_config", {}), "distilled_from": args.teacher, "distill_steps": n_steps,
+              "distill": dict(vars(args))}
+    save_checkpoint(os.path.join(args.out_dir, "ckpt.pt"), student, tok, step, None, config)
 
 
 def update(optimizer, loss, model, it, args, lr):
@@ -135,6 +142,8 @@ def update(optimizer, loss, model, it, args, lr):
 
 
 def sdtt(args, teacher, student, train_ids, device, rounds, save):
+    """SDTT rounds (mini_dlm/distill.py): each trains the student to do in one step what a frozen
+    copy of itself does in two, then saves it."""
     L = teacher.config.seq_len
     batch_gen, noise_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
     optimizer = student.configure_optimizer(args.lr, 0.0, (0.9, 0.95), device.type)
@@ -186,6 +195,8 @@ def teacher_bank(args, teacher, train_ids, device):
 
 
 def didi(args, teacher, student, train_ids, device, save):
+    """Distribution matching (mini_dlm/didi.py): per update, the student's samples from start
+    states, a discriminator step against teacher samples, a policy-gradient step of the student."""
     M, P, G = teacher.config.mask_id, args.groups, args.group_size
     bank = teacher_bank(args, teacher, train_ids, device)  # (N, L)
     bank, held = bank[:-max(1, len(bank) // 8)], bank[-max(1, len(bank) // 8):]  # held out: the discriminator's check
