@@ -118,7 +118,8 @@ def start_states(x_teacher, prompt_len, mask_id, tau_min, group_size, n_steps, g
     """Intermediate-state matching: tau ~ U(tau_min, 1] for this batch, each teacher sample's
     (P, L) answer re-masked w.p. tau (tau = 1: all of it), each repeated for its group ->
     (P * G, L) start states and the steps the student completes them in, ceil(tau * n_steps)."""
-    tau = 1 - (1 - tau_min) * float(torch.rand((), generator=generator))
-    u = keep_prompt(torch.rand(x_teacher.shape, generator=generator), prompt_len).to(x_teacher.device)
+    dev = x_teacher.device  # the generator's device too
+    tau = 1 - (1 - tau_min) * float(torch.rand((), generator=generator, device=dev))
+    u = keep_prompt(torch.rand(x_teacher.shape, generator=generator, device=dev), prompt_len)
     z = torch.where(u < tau, mask_id, x_teacher)
     return z.repeat_interleave(group_size, dim=0), max(1, math.ceil(tau * n_steps))
