@@ -65,12 +65,14 @@ def test_caches_carry_the_hidden_state_left_of_their_new_tokens():
     torch.testing.assert_close(prefix, full[:, lo:], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.0])
 @pytest.mark.parametrize("prompts", [[[5, 6, 7, 8, 9, 10, 11]], [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [14]], [[]]])
-def test_block_cache_stays_exact_with_token_shift(prompts):
+def test_block_cache_stays_exact_with_token_shift(prompts, cfg_scale):
     """Each block's first token is predicted from the finished block before it, which the cache
-    keeps: cached and uncached decoding give the same tokens."""
+    keeps: cached and uncached decoding give the same tokens (with guidance's doubled batch too)."""
     _, model = twins(seq_len=64, block_size=8)
-    runs = [finish(generate(model, prompts, gen_len=24, block_len=8, threshold=0.2, cache=c))[0] for c in ("none", "block")]
+    runs = [finish(generate(model, prompts, gen_len=24, block_len=8, threshold=0.2, cache=c, cfg_scale=cfg_scale))[0]
+            for c in ("none", "block")]
     assert torch.equal(runs[0], runs[1])
     plain = finish(generate(twins(seq_len=64, block_size=8)[0], prompts, gen_len=24, block_len=8, threshold=0.2))[0]
     assert not torch.equal(runs[0], plain)  # the shift changed what was decoded
