@@ -194,28 +194,32 @@ def teacher_bank(args, teacher, train_ids, device):
     return x
 
 
+def draw(rows, n, generator):
+    """n rows of rows, uniformly with replacement."""
+    return rows[torch.randint(len(rows), (n,), generator=generator)]
+
+
 def didi(args, teacher, student, train_ids, device, save):
     """Distribution matching (mini_dlm/didi.py): per update, the student's samples from start
     states, a discriminator step against teacher samples, a policy-gradient step of the student."""
     M, P, G = teacher.config.mask_id, args.groups, args.group_size
     bank = teacher_bank(args, teacher, train_ids, device)  # (N, L)
-    bank, held = bank[:-max(1, len(bank) // 8)], bank[-max(1, len(bank) // 8):]  # held out: the discriminator's check
+    n_held = max(1, len(bank) // 8)
+    bank, held = bank[:-n_held], bank[-n_held:]  # held out: the discriminator's check
     disc = Discriminator(copy.deepcopy(teacher)).to(device).train()
     optimizer = student.configure_optimizer(args.lr, 0.0, (0.9, 0.95), device.type)
     d_optimizer = torch.optim.AdamW(disc.parameters(), lr=args.disc_lr, betas=(0.9, 0.95), weight_decay=0.0)
     gen, pick = torch.Generator(device).manual_seed(args.seed), torch.Generator().manual_seed(args.seed)
     t0, log = time.time(), []
     for it in range(args.iters):
-        x_teacher = bank[torch.randint(len(bank), (P,), generator=pick)]  # (P, L): the groups' teacher samples
+        x_teacher = draw(bank, P, pick)  # (P, L): the groups' teacher samples
         z, n = start_states(x_teacher, args.prompt_len, M, args.tau_min, G, args.student_steps, gen)  # (P*G, L)
         with autocast(device), torch.no_grad():
             x, path = rollout(student, z, n, gen)  # (P*G, L)
-            held_bce = discriminator_loss(disc, x, held[torch.randint(len(held), (P * G,), generator=pick)],
-                                          args.prompt_len, M, gen)  # on samples it has not trained on
+            held_bce = discriminator_loss(disc, x, draw(held, P * G, pick), args.prompt_len, M, gen)  # never trained on
         for _ in range(args.disc_steps):
             with autocast(device):
-                d_loss = discriminator_loss(disc, x, bank[torch.randint(len(bank), (P * G,), generator=pick)],
-                                            args.prompt_len, M, gen)
+                d_loss = discriminator_loss(disc, x, draw(bank, P * G, pick), args.prompt_len, M, gen)
             update(d_optimizer, d_loss, disc, it, args, args.disc_lr)
         with autocast(device):
             r = rewards(disc, x, args.prompt_len, M, generator=gen)  # (P*G,): log q_S / q_T, estimated
@@ -226,8 +230,8 @@ def didi(args, teacher, student, train_ids, device, save):
         log.append((d_loss.item(), held_bce.item(), r.mean().item()))
         if (it + 1) % args.log_interval == 0 or it + 1 == args.iters:
             d, h, rm = (sum(v) / len(v) for v in zip(*log[-args.log_interval:]))
-            print(f"iter {it + 1:4d}/{args.iters} | discriminator BCE {d:.4f}, held out {h:.4f} | log q_S/q_T {rm:+.4f} | "
-                  f"{(time.time() - t0) * 1000 / (it + 1):6.0f} ms/iter", flush=True)
+            print(f"iter {it + 1:4d}/{args.iters} | discriminator BCE {d:.4f}, held out {h:.4f} | "
+                  f"log q_S/q_T {rm:+.4f} | {(time.time() - t0) * 1000 / (it + 1):6.0f} ms/iter", flush=True)
     save(args.iters, args.student_steps)
     print(f"saved {args.out_dir}/ckpt.pt: the student, for {args.student_steps}-step sampling")
 

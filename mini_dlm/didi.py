@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mini_dlm.diffusion import forward_process, keep_prompt
+from mini_dlm.ops import descending_rank
 from mini_dlm.sampler import num_transfer_tokens
 
 
@@ -60,9 +61,8 @@ def rollout(model, z, n_steps, generator=None):
     with torch.no_grad():
         for s in range(n_steps):
             masked = z == M
-            scores = torch.rand(z.shape, generator=generator, device=z.device).masked_fill(~masked, -1.0)
-            rank = scores.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L): 0 = first to reveal
-            revealed = masked & (rank < k[:, s:s + 1])
+            scores = torch.rand(z.shape, generator=generator, device=z.device)
+            revealed = masked & (descending_rank(scores, masked) < k[:, s:s + 1])  # the k best-scored masks
             p = model(z).float().softmax(-1)  # (B, L, V)
             y = torch.multinomial(p.flatten(0, 1), 1, generator=generator).view(z.shape)
             path.append((z, revealed))

@@ -58,7 +58,8 @@ class ModelConfig:
         if self.block_size and self.objective != "mdm":
             raise ValueError("block_size > 0 (block diffusion) needs objective='mdm'")
         if self.token_shift and self.objective != "mdm":
-            raise ValueError("token_shift is for the mask predictor (objective='mdm'); an AR model shifts by its targets")
+            raise ValueError("token_shift is for the mask predictor (objective='mdm'); an AR model shifts by its "
+                             "targets")
 
 
 def block_causal(L, b, start=0, device=None):
@@ -199,23 +200,22 @@ class Transformer(nn.Module):
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)
-        reading = cache is not None and cache.state != "record"
+        state = None if cache is None else cache.state  # the blocks move it on to "read"
+        reading = state in ("read", "append")
         if attn_mask is None and not reading and self.config.block_size:
             attn_mask = block_causal(T, self.config.block_size, device=idx.device)  # (T, T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2) or (B, T, D/2)
         if cos.dim() == 3:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D/2): broadcast over heads
         is_causal = attn_mask is None and not reading and self.config.objective == "ar"
-        recording = cache is not None and cache.state == "record"
-        appending = cache is not None and cache.state == "append"
         x = self.wte(idx)  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask, is_causal, cache)
         if self.config.token_shift:
             h = x
             x = shift_right(h, pos, left, cache.left if reading else None)
-            if recording or appending:
-                cache.keep_left(h, recording)
+            if state in ("record", "append"):
+                cache.keep_left(h, state == "record")
         return x
 
     def num_params(self, non_embedding=True):
