@@ -2,11 +2,11 @@
 Distil a trained diffusion model into a student that samples in few steps (notes/10), by one
 of two methods:
 
-  sdtt  rounds of self-distillation through time (mini_dlm/distill.py), each halving the
+  sdtt  rounds of self-distillation through time (mini_dlm/distillation/sdtt.py), each halving the
         steps: round r trains the student, from the weights it has, to do in one step what a
         frozen copy of itself (the first round's: --teacher) does in two, at the grid of
         --teacher-steps / 2^r steps;
-  didi  distribution matching after DiDi-Instruct (mini_dlm/didi.py): the student samples in
+  didi  distribution matching after DiDi-Instruct (mini_dlm/distillation/didi.py): the student samples in
         --student-steps, a discriminator learns to tell its noised samples from the teacher's
         (--teacher-steps samples, drawn once and kept in <out-dir>), and a policy gradient
         moves the student towards the teacher's.
@@ -28,13 +28,13 @@ import time
 
 import torch
 
-from mini_dlm.checkpoint import atomic_save, load_checkpoint, save_checkpoint
-from mini_dlm.cli import (Parser, autocast, check_out_dir, non_negative_float, positive_int, print_config,
+from mini_dlm.plumbing.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, non_negative_float, positive_int, print_config,
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
-from mini_dlm.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rewards, rollout,
+from mini_dlm.distillation.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rewards, rollout,
                            start_states)
-from mini_dlm.distill import sdtt_loss, sdtt_targets
+from mini_dlm.distillation.sdtt import sdtt_loss, sdtt_targets
 
 METHODS = ("sdtt", "didi")
 
@@ -142,7 +142,7 @@ def update(optimizer, loss, model, it, args, lr):
 
 
 def sdtt(args, teacher, student, train_ids, device, rounds, save):
-    """SDTT rounds (mini_dlm/distill.py): each trains the student to do in one step what a frozen
+    """SDTT rounds (mini_dlm/distillation/sdtt.py): each trains the student to do in one step what a frozen
     copy of itself does in two, then saves it."""
     L = teacher.config.seq_len
     batch_gen, noise_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
@@ -200,7 +200,7 @@ def draw(rows, n, generator):
 
 
 def didi(args, teacher, student, train_ids, device, save):
-    """Distribution matching (mini_dlm/didi.py): per update, the student's samples from start
+    """Distribution matching (mini_dlm/distillation/didi.py): per update, the student's samples from start
     states, a discriminator step against teacher samples, a policy-gradient step of the student."""
     M, P, G = teacher.config.mask_id, args.groups, args.group_size
     bank = teacher_bank(args, teacher, train_ids, device)  # (N, L)

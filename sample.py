@@ -16,10 +16,10 @@ length and may use the exact --cache block. AR checkpoints decode left to right 
 KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
 --remasking, --threshold, --factor, --factor-rule, --cache and LLaDA's two end-of-text switches.
 --gen-len auto (full-attention checkpoints trained with --docs) sizes the canvas as it goes
-(mini_dlm/dynamic.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
---infill TEXT fills the blanks {N} of a template instead of continuing a prompt (mini_dlm/infill.py,
+(mini_dlm/sampling/length.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
+--infill TEXT fills the blanks {N} of a template instead of continuing a prompt (mini_dlm/sampling/infill.py,
 diffusion checkpoints only); the filled parts print between FILL_MARKS. --cfg-scale S guides any
-diffusion sampler (mini_dlm/guidance.py).
+diffusion sampler (mini_dlm/sampling/guidance.py).
 """
 
 import argparse
@@ -29,13 +29,13 @@ import time
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
-from mini_dlm.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
+from mini_dlm.plumbing.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
                           probability, resolve_device, run, set_threads)
-from mini_dlm.dynamic import Daedal, generate_dynamic
-from mini_dlm.infill import infill_canvas
-from mini_dlm.op_args import FACTOR_RULES, REMASKING
+from mini_dlm.sampling.length import Daedal, generate_dynamic
+from mini_dlm.sampling.infill import infill_canvas
+from mini_dlm.plumbing.checks import FACTOR_RULES, REMASKING
 from mini_dlm.sampler import CACHES, denoise, finish, generate, generate_ar, stop_at
 from mini_dlm.tokenizer import useful_lengths
 
@@ -103,7 +103,7 @@ def get_parser():
     p.add_threads_flag()
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="the sampler's ops (unmask, "
                    "block_attention): the compiled csrc/ kernels where built (auto, ext) or the PyTorch reference (torch)")
-    g = p.add_argument_group("variable length (--gen-len auto, mini_dlm/dynamic.py)")
+    g = p.add_argument_group("variable length (--gen-len auto, mini_dlm/sampling/length.py)")
     g.add_argument("--init-len", type=positive_int, default=32, help="first canvas length")
     g.add_argument("--max-len", type=positive_int, help="longest canvas (default: what the context leaves after the prompt)")
     g.add_argument("--grow", type=positive_int, default=16, help="masks appended while the tail is not end-of-text")
@@ -177,7 +177,7 @@ def show_steps(steps, tokenizer, P, colour):
 
 
 def sampler(args, model, prompts, generator, eot_id, P):
-    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/dynamic.py).
+    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/sampling/length.py).
     prompts: lists of ids, or with --infill the template's canvas (B, L)."""
     cfg, kw = model.config, dict(temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
                                  generator=generator)

@@ -23,14 +23,14 @@ import time
 
 import torch
 
-from mini_dlm import distributed
-from mini_dlm.checkpoint import load_checkpoint, save_checkpoint
-from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, non_negative_int, positive_int, print_config,
+from mini_dlm.plumbing import distributed
+from mini_dlm.plumbing.checkpoint import load_checkpoint, save_checkpoint
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, non_negative_int, positive_int, print_config,
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data, prepare_task, train_slice
 from mini_dlm.diffusion import evaluate, loss_fn
 from mini_dlm.model import OBJECTIVES, ModelConfig, Transformer
-from mini_dlm.tasks import SUDOKUS, TEST_POOL
+from mini_dlm.tasks.sudoku import SUDOKUS, TEST_POOL
 
 # dense bf16 tensor-core peaks (FLOP/s) for the MFU column; other GPUs print no MFU
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
@@ -230,7 +230,7 @@ def train(args, world):
     # -- data: tokenizer + token ids, cached in out-dir (under DDP every rank makes the same: BPE
     # training is deterministic and the cache is written atomically)
     t0 = time.time()
-    if args.task:  # generated rows (mini_dlm/tasks.py), byte-level; the prompt is the puzzle and ':'
+    if args.task:  # generated rows (mini_dlm/tasks/sudoku.py), byte-level; the prompt is the puzzle and ':'
         tokenizer, train_ids, val_ids = prepare_task(args.task, args.task_seed, args.task_train, args.task_test,
                                                      args.out_dir)
         vocab_size, tok_kind, prompt_len = tokenizer.vocab_size, "bytes", SUDOKUS[args.task].prompt_len

@@ -1,5 +1,5 @@
 """
-Classifier-free guidance (mini_dlm/guidance.py): what it costs, and whether it makes the text
+Classifier-free guidance (mini_dlm/sampling/guidance.py): what it costs, and whether it makes the text
 follow its prompt more closely.
 
     python bench/cfg.py --dlm out/ckpt.pt --ar out-ar/ckpt.pt
@@ -35,10 +35,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, parse_quick, positive_int,
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, parse_quick, positive_int,
                           print_config, probability, resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA
-from mini_dlm.guidance import Guided
+from mini_dlm.sampling.guidance import Guided
 from mini_dlm.sampler import CACHES, NoCache, finish, generate, make_canvas
 
 from efficiency import make_prompts, save

@@ -36,7 +36,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, parse_quick, positive_int, print_config,
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, parse_quick, positive_int, print_config,
                           resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import denoise, finish, generate_ar

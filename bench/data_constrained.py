@@ -34,7 +34,7 @@ import sys
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import train_tiny
-from mini_dlm.cli import Parser, check_out_dir, comma_list, parse_quick, positive_float, positive_int, print_config, run
+from mini_dlm.plumbing.cli import Parser, check_out_dir, comma_list, parse_quick, positive_float, positive_int, print_config, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.model import ModelConfig, Transformer
 

@@ -19,10 +19,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, comma_list, non_negative_float, one_of, positive_int, print_config, resolve_device, run
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import Parser, comma_list, non_negative_float, one_of, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
-from mini_dlm.op_args import REMASKING
+from mini_dlm.plumbing.checks import REMASKING
 from mini_dlm.sampler import finish, generate_ar
 
 from efficiency import make_prompts

@@ -49,9 +49,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm import backend, tasks
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import (Parser, comma_list, one_of, parse_quick, positive_float, positive_int, print_config, probability,
+from mini_dlm.plumbing import backend
+from mini_dlm.tasks import sudoku as tasks
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import (Parser, comma_list, one_of, parse_quick, positive_float, positive_int, print_config, probability,
                           resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import finish, generate, generate_ar

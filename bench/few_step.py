@@ -4,7 +4,7 @@ Benchmark: a distilled few-step student against its teacher (notes/10).
     python bench/few_step.py --teacher out-long/ckpt.pt --student out-distill/ckpt.pt --ar out-long-ar/ckpt.pt
 
 For --num-prompts validation prompts of --prompt-len tokens, both models generate --gen-len
-tokens in one block (no semi-autoregressive blocks) with the sampler of mini_dlm/distill.py:
+tokens in one block (no semi-autoregressive blocks) with the sampler of mini_dlm/distillation/sdtt.py:
 random order at temperature 1 (MDLM's ancestral sampler; --remasking and --temperature change
 it), the teacher at every step count of --teacher-steps and the student at every one of
 --student-steps, all prompts in one batch, the same seed for every run. Reported: generative
@@ -18,10 +18,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, positive_int, print_config,
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, positive_int, print_config,
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA
-from mini_dlm.op_args import REMASKING
+from mini_dlm.plumbing.checks import REMASKING
 from mini_dlm.sampler import finish, generate
 
 from distill import load_teacher

@@ -24,8 +24,9 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch
 import torch.nn.functional as F
 
-from mini_dlm import backend, ops
-from mini_dlm.cli import Parser, positive_int, resolve_device, run
+from mini_dlm import ops
+from mini_dlm.plumbing import backend
+from mini_dlm.plumbing.cli import Parser, positive_int, resolve_device, run
 
 from roofline import copy_bandwidth, device_name, timed
 

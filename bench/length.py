@@ -8,7 +8,7 @@ split, so the model writes one speech and should end it. Every configuration dec
 same batch with the same threshold rule over the whole generated region (one block), and
 the output is cut at each row's first end-of-text:
   fixed G      canvas [prompt, M * G] for each G of --fixed-lens
-  auto         mini_dlm/dynamic.py: generate_dynamic (--init-len, --max-len, ...)
+  auto         mini_dlm/sampling/length.py: generate_dynamic (--init-len, --max-len, ...)
 Reported per configuration: mean useful length (tokens before end-of-text), forward passes,
 positions computed (every position of every row in every pass: the compute), canvas tokens
 (the rows' final canvas lengths summed), seconds, and generative perplexity of the useful
@@ -25,10 +25,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, comma_list, non_negative_float, positive_int, print_config, probability, resolve_device, run
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import Parser, comma_list, non_negative_float, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
-from mini_dlm.dynamic import Daedal, generate_dynamic
+from mini_dlm.sampling.length import Daedal, generate_dynamic
 from mini_dlm.sampler import finish, generate
 from mini_dlm.tokenizer import useful_lengths
 

@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import autocast
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import autocast
 from mini_dlm.sampler import finish, generate
 
 from roofline import timed_call

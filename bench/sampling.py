@@ -28,8 +28,8 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, autocast, positive_int, print_config, probability, resolve_device, run
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import Parser, autocast, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.sampler import finish, generate
 
 from quality import decode_each, distinct3, generative_nll, load_judge

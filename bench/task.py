@@ -5,7 +5,7 @@ Sudoku accuracy: a diffusion model against its AR twin on held-out puzzles (note
     python bench/task.py --quick --dlm out-sd-mdm/ckpt.pt --ar out-sd-ar/ckpt.pt      # 64 puzzles
 
 Trains nothing: it takes two checkpoints that train_tiny.py --task trained on the same task
-and seed, and regenerates the task's held-out puzzles from that seed (mini_dlm/tasks.py: none
+and seed, and regenerates the task's held-out puzzles from that seed (mini_dlm/tasks/sudoku.py: none
 of their solution grids was trained on). Every decoder sees the same puzzles, greedy:
 
   ar             AR, left to right, KV cache: the cells in reading order, one per pass
@@ -34,9 +34,9 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm import tasks
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import (Parser, comma_list, parse_quick, positive_int, print_config, probability, resolve_device, run,
+from mini_dlm.tasks import sudoku as tasks
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import (Parser, comma_list, parse_quick, positive_int, print_config, probability, resolve_device, run,
                           set_threads)
 from mini_dlm.sampler import generate, generate_ar
 

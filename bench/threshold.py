@@ -20,8 +20,8 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import torch
 
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import Parser, check_out_dir, comma_list, non_negative_float, positive_float, positive_int, probability, print_config, resolve_device, run
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import Parser, check_out_dir, comma_list, non_negative_float, positive_float, positive_int, probability, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.sampler import CACHES
 

@@ -12,7 +12,7 @@ Two ways to cut the tokens into training rows:
                     Documents are cut at a separator: a blank line by default, which for the
                     shipped corpus is one speech (a speaker line and its text). A document
                     longer than a row continues on the next row; only its last row ends.
-A generated task (--task, mini_dlm/tasks.py) needs no file: prepare_task makes its rows,
+A generated task (--task, mini_dlm/tasks/sudoku.py) needs no file: prepare_task makes its rows,
 prompt then answer, byte-level (one cell = one token), cached like the tokens.
 """
 
@@ -21,8 +21,8 @@ import os
 
 import torch
 
-from mini_dlm.checkpoint import atomic_save, safe_load
-from mini_dlm import tasks
+from mini_dlm.plumbing.checkpoint import atomic_save, safe_load
+from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.tokenizer import Tokenizer
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

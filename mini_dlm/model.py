@@ -196,7 +196,7 @@ class Transformer(nn.Module):
 
     def trunk(self, idx, attn_mask=None, pos=None, cache=None, left=None):
         """forward's arguments -> the last block's hidden states (B, T, C), token-shifted with
-        token_shift: what the output norm and head read (and mini_dlm/didi.py's discriminator)."""
+        token_shift: what the output norm and head read (and mini_dlm/distillation/didi.py's discriminator)."""
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)

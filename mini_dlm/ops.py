@@ -10,16 +10,16 @@ rounding. They are also what runs where no kernel does.
   block_attention  attention of a block's queries over a cached prefix, the block itself and
                    an optional cached suffix, as if the three were concatenated (notes/04).
 
-unmask and block_attention, the entry points, check their arguments (mini_dlm/op_args.py), then
-call torch.ops.mini_dlm.* or the reference, as mini_dlm/backend.py decides.
+unmask and block_attention, the entry points, check their arguments (mini_dlm/plumbing/checks.py), then
+call torch.ops.mini_dlm.* or the reference, as mini_dlm/plumbing/backend.py decides.
 """
 
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.backend import HAS_EXT, record, use_ext
+from mini_dlm.plumbing.backend import HAS_EXT, record, use_ext
 from mini_dlm.gumbel import sample_x0, signed64
-from mini_dlm.op_args import check_attention, check_unmask
+from mini_dlm.plumbing.checks import check_attention, check_unmask
 
 CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims the CUDA attention kernels are compiled for
 MAX_BANNED_CUDA = 16  # banned ids, and demoted ids, the CUDA unmask takes (they travel as kernel arguments)

@@ -4,7 +4,7 @@ caches (Wu et al. 2025) and BD3-LM's exact block cache (Arriola et al. 2025); pl
 decoding with an exact KV cache for the AR baseline. The exact rules: notes/00-spec.md 3-5.
 
 Canvas. x = [prompt, M * gen_len] (generate), or any canvas with masks where text is wanted
-(denoise; mini_dlm/infill.py builds one from a template with blanks). From the first masked
+(denoise; mini_dlm/sampling/infill.py builds one from a template with blanks). From the first masked
 column until the last mask, the canvas is cut into blocks of block_len, filled left to right
 (semi-autoregressive); only masked positions are eligible, so every other token stays. Prompts
 of different lengths are left-padded: pad columns are hidden from attention and RoPE positions
@@ -29,7 +29,7 @@ Schedule. Block j, holding n_j masks, gets s_j = ceil(steps * n_j / sum(n)) step
 i < n_j mod s_j else 0). With a threshold or factor, s_j only caps the passes per block: pass
 s_j commits whatever is left. Every pass commits at least one token per row, so with steps =
 the number of masks (one per step, the default) the cap never binds. With cfg_scale > 0 each
-forward also runs an unconditional half of the batch (mini_dlm/guidance.py).
+forward also runs an unconditional half of the batch (mini_dlm/sampling/guidance.py).
 
 How a step gets the block's logits is a strategy (CACHES, mini_dlm/kvcache.py):
   none    every step is a forward over the whole canvas
@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from mini_dlm.gumbel import draw_seed, sample_x0
-from mini_dlm.guidance import Guided, check_cfg_scale
+from mini_dlm.sampling.guidance import Guided, check_cfg_scale
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import block_causal
-from mini_dlm.op_args import check_factor, check_remasking
+from mini_dlm.plumbing.checks import check_factor, check_remasking
 from mini_dlm.ops import unmask
 
 PAD_ID = 0  # what fills pad columns; they are never attended to, so any id but M would do
@@ -71,7 +71,7 @@ class Step:
     pad: torch.Tensor  # (B,) pad columns of each row
     block_end: int = 0  # the column where the block ends
     block_done: bool = True  # whether the block has no mask left
-    info: dict = field(default_factory=dict)  # what else a sampler reports (mini_dlm/dynamic.py)
+    info: dict = field(default_factory=dict)  # what else a sampler reports (mini_dlm/sampling/length.py)
 
 
 def finish(steps):
@@ -132,7 +132,7 @@ def canvas_attention(model, pad, L, P, block_len, end=None):
       fill (so the prompt's first block may be short);
       plus, with padding, no pad column as a key (a pad query sees itself, to stay defined);
       end (B,): no column from end[r] on as a key either (rows right-padded to a common width,
-      mini_dlm/dynamic.py)."""
+      mini_dlm/sampling/length.py)."""
     ar = model.config.objective == "ar"
     pattern = block_causal(L, 1, device=pad.device) if ar else \
         block_causal(L, block_len, P, pad.device) if model.config.block_size else None
@@ -270,7 +270,7 @@ def step_noise(remasking, temperature, generator, eligible):
 
 def strategy(cache, model, x, pad, start, block_len, cfg_scale):
     """How each step gets the block's logits: the cache's strategy, run on a doubled batch when
-    guided (mini_dlm/guidance.py)."""
+    guided (mini_dlm/sampling/guidance.py)."""
     if cfg_scale:
         return Guided(CACHES[cache], model, x, pad, start, block_len, cfg_scale)
     return CACHES[cache](model, x, pad, start, block_len)
@@ -307,7 +307,7 @@ def denoise(model, x, pad=None, *, steps=None, block_len=32, temperature=0.0, re
     other token stays as it is. steps: the total, default the number of masks (one per step),
     shared by the blocks in proportion to their masks, rounded up (steps_per_block). threshold / factor:
     Fast-dLLM's rules instead of the schedule; factor_rule: "fastdllm" (its code) or "strict".
-    cfg_scale: classifier-free guidance (mini_dlm/guidance.py). generator: draws the Gumbel seeds
+    cfg_scale: classifier-free guidance (mini_dlm/sampling/guidance.py). generator: draws the Gumbel seeds
     and the random remasking scores. LLaDA's switches, for the end-of-text id (end_of_text(model,
     eot_id)): logits_eos_inf bans it from the guesses; confidence_eos_eot_inf scores a guess of
     it -inf, so it commits after the block's others."""

@@ -17,8 +17,9 @@ import sys
 
 import torch
 
-from mini_dlm import backend, ops
-from mini_dlm.op_args import REMASKING
+from mini_dlm import ops
+from mini_dlm.plumbing import backend
+from mini_dlm.plumbing.checks import REMASKING
 
 torch.manual_seed(0)
 cuda = torch.device("cuda")

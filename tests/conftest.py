@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # train_tiny.py and sample.py are importable as modules
 sys.path.insert(1, os.path.join(ROOT, "bench"))  # and the benchmarks, as their scripts import each other
 
-from mini_dlm.checkpoint import save_checkpoint  # noqa: E402
+from mini_dlm.plumbing.checkpoint import save_checkpoint  # noqa: E402
 from mini_dlm.data import DEFAULT_DATA  # noqa: E402
 from mini_dlm.model import ModelConfig, Transformer  # noqa: E402
 from mini_dlm.tokenizer import Tokenizer  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import record, tiny_model
-from mini_dlm import backend
+from mini_dlm.plumbing import backend
 from mini_dlm.kvcache import KVCache
 from mini_dlm.sampler import finish, generate_ar
 

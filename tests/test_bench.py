@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_model
-from mini_dlm import backend
+from mini_dlm.plumbing import backend
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig
 from mini_dlm.sampler import finish, generate, generate_ar

@@ -11,9 +11,9 @@ import torch
 import sample
 import train_tiny
 from conftest import ROOT
-from mini_dlm.backend import HAS_EXT
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import run
+from mini_dlm.plumbing.backend import HAS_EXT
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import run
 
 TINY = ["--device", "cpu", "--seq-len", "32", "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
         "--batch-size", "4", "--vocab-size", "300", "--eval-windows", "4", "--warmup-iters", "2"]
@@ -158,7 +158,7 @@ def test_bad_out_dirs(tmp_path, capsys, corpus_file):
 
 
 def test_out_dir_check_leaves_nothing_behind(tmp_path):
-    from mini_dlm.cli import check_out_dir
+    from mini_dlm.plumbing.cli import check_out_dir
     check_out_dir(str(tmp_path / "a" / "b"))
     assert os.listdir(tmp_path) == []
     (tmp_path / "kept").mkdir()
@@ -407,7 +407,7 @@ def test_threads_flag_sets_and_prints_the_thread_count(trained, capsys, keep_thr
     (None, 1, 1), (None, 2, 1), (None, 6, 3), (None, 64, 4), ("many", 6, 3),  # else half the CPUs, 1 to 4
 ])
 def test_default_threads(monkeypatch, env, cpus, expected):
-    from mini_dlm.cli import default_threads
+    from mini_dlm.plumbing.cli import default_threads
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
@@ -426,7 +426,7 @@ def test_cuda_without_a_gpu_is_one_line(trained, capsys, backend):
 def test_comma_lists_and_quick_values():
     """comma_list parses and checks each value; parse_quick fills in --quick's values only for
     the flags not given, even when a flag is given its default value."""
-    from mini_dlm.cli import Parser, comma_list, one_of, parse_quick, positive_int
+    from mini_dlm.plumbing.cli import Parser, comma_list, one_of, parse_quick, positive_int
     assert comma_list(positive_int)("1, 4,16") == [1, 4, 16]
     assert comma_list(positive_int, empty_ok=True)("") == []
     for bad in ("", "1,0", "1,,2", "x"):

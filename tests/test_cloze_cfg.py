@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import spread, tiny_model
-from mini_dlm.cli import run
+from mini_dlm.plumbing.cli import run
 
 import cfg as bench_cfg  # bench/ is on sys.path (conftest.py)
 import cloze

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import data_constrained  # noqa: E402
-from mini_dlm.cli import run  # noqa: E402
+from mini_dlm.plumbing.cli import run  # noqa: E402
 
 
 def test_tiny_study_runs_both_objectives_on_every_slice(corpus_file, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Distribution matching after DiDi-Instruct (mini_dlm/didi.py) and distill.py --method didi.
+"""Distribution matching after DiDi-Instruct (mini_dlm/distillation/didi.py) and distill.py --method didi.
 python -m pytest -q tests/test_didi.py"""
 
 import os
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import distill
 from conftest import spread, tiny_model
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rollout, start_states)
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.distillation.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rollout, start_states)
 from test_cli import fails_cleanly
 
 

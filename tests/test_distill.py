@@ -1,4 +1,4 @@
-"""Few-step distillation: SDTT's targets and loss (mini_dlm/distill.py), distill.py and
+"""Few-step distillation: SDTT's targets and loss (mini_dlm/distillation/sdtt.py), distill.py and
 bench/few_step.py end to end on tiny models. python -m pytest -q tests/test_distill.py"""
 
 import json
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import distill
 from conftest import spread, tiny_model
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.distill import sdtt_loss, sdtt_targets
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.distillation.sdtt import sdtt_loss, sdtt_targets
 from test_cli import fails_cleanly
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))

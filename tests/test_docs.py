@@ -4,7 +4,7 @@ python -m pytest -q tests/test_docs.py"""
 import torch
 
 import train_tiny
-from mini_dlm.checkpoint import load_checkpoint
+from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.data import document_rows, get_batch, prepare_data, split_documents, split_text
 from mini_dlm.diffusion import evaluate
 from conftest import tiny_model

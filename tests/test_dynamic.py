@@ -1,4 +1,4 @@
-"""Variable-length generation (DAEDAL, mini_dlm/dynamic.py).  python -m pytest -q tests/test_dynamic.py"""
+"""Variable-length generation (DAEDAL, mini_dlm/sampling/length.py).  python -m pytest -q tests/test_dynamic.py"""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ import torch
 import sample
 from conftest import tiny_model
 from test_cli import fails_cleanly, trained  # noqa: F401 (trained: a fixture)
-from mini_dlm.checkpoint import save_checkpoint
-from mini_dlm.dynamic import Daedal, forward_region, generate_dynamic, insert_masks, resize
+from mini_dlm.plumbing.checkpoint import save_checkpoint
+from mini_dlm.sampling.length import Daedal, forward_region, generate_dynamic, insert_masks, resize
 from mini_dlm.model import ModelConfig, Transformer
 from mini_dlm.sampler import finish, generate, make_canvas, stop_at
 

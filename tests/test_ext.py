@@ -10,8 +10,9 @@ import re
 import pytest
 import torch
 
-from mini_dlm import backend, ops
-from mini_dlm.op_args import REMASKING
+from mini_dlm import ops
+from mini_dlm.plumbing import backend
+from mini_dlm.plumbing.checks import REMASKING
 
 pytestmark = pytest.mark.skipif(not backend.HAS_EXT, reason="mini_dlm._C is not built")
 

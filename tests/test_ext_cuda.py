@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from mini_dlm import backend, ops
+from mini_dlm import ops
+from mini_dlm.plumbing import backend
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig, Transformer
 from test_ext import ATTENTION_SHAPES, CUDA, NO_CUDA, TOL_CUDA, attention_case, case, fuzz_unmask

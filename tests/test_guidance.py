@@ -1,4 +1,4 @@
-"""Classifier-free guidance (mini_dlm/guidance.py): the formula against two separate forwards,
+"""Classifier-free guidance (mini_dlm/sampling/guidance.py): the formula against two separate forwards,
 one batched forward per step, scale 0 == no guidance, caches that hold both halves.
     python -m pytest -q tests/test_guidance.py"""
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import spread, tiny_model
-from mini_dlm.dynamic import Daedal, forward_region, generate_dynamic
-from mini_dlm.guidance import Guided, guide
+from mini_dlm.sampling.length import Daedal, forward_region, generate_dynamic
+from mini_dlm.sampling.guidance import Guided, guide
 from mini_dlm.sampler import CACHES, NoCache, canvas_attention, canvas_positions, denoise, finish, generate, make_canvas
 
 M = 63

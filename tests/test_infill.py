@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import record, spread, tiny_model
-from mini_dlm.infill import infill, infill_canvas, parse_template, template_ids
+from mini_dlm.sampling.infill import infill, infill_canvas, parse_template, template_ids
 from mini_dlm.sampler import NoCache, block_spans, denoise, finish, steps_per_block
 
 M = 63  # tiny_model's mask id

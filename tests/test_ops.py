@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mini_dlm import backend
+from mini_dlm.plumbing import backend
 from mini_dlm.gumbel import gumbel_noise, uniform_hash
 from mini_dlm.ops import block_attention, unmask
 

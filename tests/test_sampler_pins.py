@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import spread, tiny_model
-from mini_dlm.dynamic import Daedal, generate_dynamic
+from mini_dlm.sampling.length import Daedal, generate_dynamic
 from mini_dlm.sampler import finish, generate, generate_ar, stop_at
 
 PINS = json.load(open(os.path.join(os.path.dirname(__file__), "sampler_pins.json")))

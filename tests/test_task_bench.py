@@ -13,9 +13,9 @@ import torch
 import efficiency  # bench/ is on sys.path (conftest.py)
 import task as task_bench
 import train_tiny
-from mini_dlm import tasks
-from mini_dlm.checkpoint import load_checkpoint
-from mini_dlm.cli import run
+from mini_dlm.tasks import sudoku as tasks
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.cli import run
 from mini_dlm.tokenizer import Tokenizer
 
 S6 = tasks.SUDOKUS["sudoku6"]

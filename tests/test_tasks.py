@@ -1,4 +1,4 @@
-"""The generated Sudoku task (mini_dlm/tasks.py): the solver, unique and minimal puzzles,
+"""The generated Sudoku task (mini_dlm/tasks/sudoku.py): the solver, unique and minimal puzzles,
 disjoint and deterministic splits, the answer checks, the answer-only losses.
 
     python -m pytest -q tests/test_tasks.py
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
-from mini_dlm import tasks
+from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.diffusion import ar_loss, forward_process, keep_prompt, loss_fn
 from mini_dlm.tokenizer import Tokenizer
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mini_dlm.guidance import check_cfg_scale, guide, with_unconditional
-from mini_dlm.op_args import check_remasking
+from mini_dlm.sampling.guidance import check_cfg_scale, guide, with_unconditional
+from mini_dlm.plumbing.checks import check_remasking
 from mini_dlm.ops import confidence, unmask
 from mini_dlm.sampler import Step, canvas_attention, canvas_positions, end_of_text, make_canvas, step_noise
 
@@ -87,7 +87,7 @@ def insert_masks(x, P, g, rows, js, insert, M, eot):
 def forward_region(model, x, pad, P, g, cfg_scale=0.0):
     """Logits (b, G, V) of the generated region of every row of x (b, P + G); row r sees its
     columns [pad[r], P + g[r]) only (a hidden column's query sees itself, to stay defined).
-    cfg_scale > 0: guided, the prompt masked in a second half of the batch (mini_dlm/guidance.py)."""
+    cfg_scale > 0: guided, the prompt masked in a second half of the batch (mini_dlm/sampling/guidance.py)."""
     L, M = x.shape[1], model.config.mask_id
     if cfg_scale:
         fixed = (torch.arange(L, device=x.device) < P).expand_as(x)  # (b, L): the prompt columns
@@ -167,7 +167,7 @@ def generate_dynamic(model, prompts, *, length=Daedal(), threshold=0.9, temperat
     final canvas length. prompts: as for sampler.make_canvas. eot_id: the tokenizer's
     end-of-text (default: the id just below the mask token, as in mini_dlm's tokenizer). The
     canvas is left-padded and right-padded with end-of-text. cfg_scale: classifier-free guidance
-    in every pass of both stages (mini_dlm/guidance.py). confidence_eos_eot_inf: LLaDA's switch,
+    in every pass of both stages (mini_dlm/sampling/guidance.py). confidence_eos_eot_inf: LLaDA's switch,
     a guess of end-of-text commits after every other guess of its row (sampler.denoise)."""
     check_dynamic(model, threshold, remasking)
     check_cfg_scale(cfg_scale)

@@ -41,7 +41,7 @@ def set_backend(name):
 def _build_info():
     """What setup.py recorded about the build (mini_dlm/_build.json), or {} if nothing."""
     try:
-        with open(os.path.join(os.path.dirname(__file__), "_build.json")) as f:
+        with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "_build.json")) as f:
             return json.load(f)
     except (OSError, ValueError):
         return {}
