@@ -1,10 +1,17 @@
 """
-Run the commands the docs show, so that every one of them keeps working as written.
+Check what the docs show against the code: every code pointer (`sampler.py: denoise`) names a
+file that defines it, and every command runs as written.
 
     python scripts/check_docs.py                     # every page: README.md, then notes/*.md
     python scripts/check_docs.py --page notes/04-parallel-decoding-and-caches.md
     python scripts/check_docs.py --list              # print the commands as they would run; run nothing
     python scripts/check_docs.py --quick             # the CI subset (.ci/run)
+    python scripts/check_docs.py --pointers-only     # the code pointers only (a fraction of a second)
+
+Code pointers (which forms count, how a path and a name resolve: scripts/doc_pointers.py) are
+checked first, in every mode but --list, on the pages chosen: one line `page:line: pointer: why`
+per broken one, then a count. They take well under a second, so a stale name shows before
+minutes of commands.
 
 Which commands, and the small flags they run with: scripts/doc_commands.py. They run in page
 order (README.md, then notes/*.md) in a scratch copy of the repository (its tracked and
@@ -16,8 +23,9 @@ ran 5x slower). One line per command: ok / FAIL / skip, seconds, page:line, the 
 Checkpoints: a command that reads DIR/ckpt.pt when the scratch copy has none first runs the
 docs' own command that trains it (train_tiny.py ... --out-dir DIR; one on the same page
 first), so one --page runs on its own. A checkpoint no page trains is a failure of the docs.
-Exit status 1 if any command failed. On the 2-core development machine the whole check took
-625 s, --quick about 420 s (the sum of the same run's times for the commands it keeps).
+Exit status 1 if any command failed or any pointer is broken. On the 2-core development
+machine the whole check took 625 s, --quick about 420 s (the sum of the same run's times for
+the commands it keeps).
 """
 
 import argparse
@@ -30,6 +38,7 @@ import tempfile
 import time
 
 from doc_commands import checkpoints_read, page_commands, resolve, trained_dir
+from doc_pointers import broken_pointers, find_pointers, tracked_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,6 +113,16 @@ def pages(selected):
     return [p for p in found if not selected or p in [os.path.normpath(s) for s in selected]]
 
 
+def check_pointers(chosen):
+    """Print the broken code pointers of the chosen pages and a count; the number broken."""
+    found = [p for page in chosen for p in find_pointers(page, open(os.path.join(ROOT, page)).read())]
+    broken = broken_pointers(found, ROOT, tracked_files(ROOT))
+    for p, why in broken:
+        print(f"{p.page}:{p.line}: {p}: {why}")
+    print(f"check_docs: {len(found)} code pointers in {len(chosen)} pages, {len(broken)} broken", flush=True)
+    return len(broken)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Run the commands of README.md and notes/*.md in a scratch copy.")
     p.add_argument("--page", action="append", help="only this page (repeatable); checkpoints from other pages are "
@@ -111,9 +130,13 @@ def main(argv=None):
     p.add_argument("--list", action="store_true", help="print the commands as they would run, run nothing")
     p.add_argument("--quick", action="store_true", help="skip blocks marked slow, --compile runs, single test "
                    "files and a page's repeated runs of one benchmark (scripts/doc_commands.py)")
+    p.add_argument("--pointers-only", action="store_true", help="check the code pointers only, run nothing")
     p.add_argument("--timeout", type=int, default=600, help="seconds one command may take")
     p.add_argument("--scratch", help="use (and keep) this directory instead of a fresh temporary one")
     args = p.parse_args(argv)
+    broken = 0 if args.list else check_pointers(pages(args.page))  # cheap, so before any command
+    if args.pointers_only:
+        return 1 if broken else 0
     every = [c for page in pages(None) for c in page_commands(page, open(os.path.join(ROOT, page)).read())]
     chosen = [c for c in every if c.page in pages(args.page)]
     gpu = shutil.which("nvidia-smi") is not None and subprocess.run(
@@ -132,7 +155,7 @@ def main(argv=None):
         for c in chosen:
             checker.run(c)
         print(f"check_docs: {checker.failed} failed, {time.time() - t0:.0f} s")
-        return 1 if checker.failed else 0
+        return 1 if checker.failed or broken else 0
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)

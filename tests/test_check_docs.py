@@ -1,5 +1,5 @@
-"""scripts/doc_commands.py and check_docs.py on a small synthetic page: what they extract,
-substitute and skip.
+"""scripts/doc_commands.py, doc_pointers.py and check_docs.py on small synthetic pages: what
+they extract, substitute and skip, and which code pointers they find broken.
 Nothing is run.  python -m pytest -q tests/test_check_docs.py"""
 
 import os
@@ -13,6 +13,7 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import check_docs  # noqa: E402
 import doc_commands  # noqa: E402
+import doc_pointers  # noqa: E402
 
 PAGE = '''# A page
 
@@ -147,3 +148,90 @@ def test_checkpoint_producers(commands):
     assert checker.producer("out-a", "page.md") is commands[0]  # the same page's first
     assert checker.producer("out-a", "r.md") is other
     assert checker.producer("out-z", "page.md") is None
+
+
+CODE = {  # a small synthetic repository for the pointer checks
+    "pkg/sampler.py": "from pkg.gumbel import draw_seed\nimport os.path\n\ndef denoise(model, x):\n    pass\n\n"
+                      "async def stream():\n    pass\n\nclass Cache:\n    size: int = 3\n    kind = 'x'\n\n"
+                      "    def update(self):\n        pass\n\nPRESETS = {}\nA, (B, C) = 1, (2, 3)\nLIMIT: int = 5\n",
+    "pkg/gumbel.py": "def draw_seed(generator):\n    pass\n",
+    "other/gumbel.py": "def draw_seed(generator):\n    pass\n",
+    "tests/test_ops.py": "def fastdllm_factor():\n    pass\n\ndef test_factor():\n    pass\n",
+}
+
+POINTERS = """# Pointers
+
+The loop (`pkg/sampler.py: denoise`) and `sampler.py: Cache.update`, `sampler.py: Cache.size,
+Cache.kind`; a wrapped one (`tests/test_ops.py:
+fastdllm_factor`), `sampler.py: denoise(model, x, ...)`, `sampler.py: stream, PRESETS, A, C, LIMIT`,
+`pkg/sampler.py:Cache`, `tests/test_ops.py::test_factor`, and in plain text pkg/sampler.py:denoise.
+"""
+
+NOT_POINTERS = """# Not pointers
+Line numbers: `pkg/sampler.py:12` and pkg/sampler.py:3. A colon after a span: in `sample.py`: the flags.
+## bench/efficiency.py: the method
+
+```bash
+python pkg/sampler.py --flag
+python - <<'EOF'
+print("pkg/sampler.py: nothing")
+EOF
+```
+"""
+
+
+@pytest.fixture
+def repo(tmp_path):
+    for path, source in CODE.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(source)
+    return str(tmp_path)
+
+
+def broken(markdown, root):
+    """{pointer text: why} of the broken pointers of a page."""
+    found = doc_pointers.find_pointers("page.md", markdown)
+    return {str(p): why for p, why in doc_pointers.broken_pointers(found, root, sorted(CODE))}
+
+
+def test_every_pointer_form_is_recognised():
+    found = [(p.line, p.path, p.name) for p in doc_pointers.find_pointers("page.md", POINTERS)]
+    assert found == [
+        (3, "pkg/sampler.py", "denoise"), (3, "sampler.py", "Cache.update"), (3, "sampler.py", "Cache.size"),
+        (3, "sampler.py", "Cache.kind"), (4, "tests/test_ops.py", "fastdllm_factor"),
+        (5, "sampler.py", "denoise"),  # only the name before the parenthesis
+        *[(5, "sampler.py", name) for name in ("stream", "PRESETS", "A", "C", "LIMIT")],  # a, b: both
+        (6, "pkg/sampler.py", "Cache"), (6, "tests/test_ops.py", "test_factor"),  # no space; pytest's ::
+        (6, "pkg/sampler.py", "denoise")]  # plain text, no space
+
+
+def test_line_numbers_prose_colons_and_commands_are_not_pointers():
+    assert doc_pointers.find_pointers("page.md", NOT_POINTERS) == []
+
+
+def test_good_pointers_pass(repo):
+    assert broken(POINTERS, repo) == {}
+
+
+@pytest.mark.parametrize("pointer,why", [
+    ("`pkg/missing.py: f`", "no such file"),
+    ("`missing.py: f`", "no such file"),
+    ("`gumbel.py: draw_seed`", "ambiguous: other/gumbel.py, pkg/gumbel.py"),
+    ("`pkg/sampler.py: generate`", "not defined (pkg/sampler.py)"),
+    ("`sampler.py: draw_seed`", "only imported there, not defined (pkg/sampler.py)"),
+    ("`sampler.py: os`", "only imported there, not defined (pkg/sampler.py)"),
+    ("`sampler.py: Cache.forward`", "class Cache has no forward (pkg/sampler.py)"),
+    ("`sampler.py: denoise.x`", "denoise is not a class (pkg/sampler.py)"),
+    ("`sampler.py: Missing.update`", "not defined (pkg/sampler.py)"),
+])
+def test_broken_pointers_say_why(repo, pointer, why):
+    assert list(broken(pointer, repo).values()) == [why]
+
+
+def test_every_name_of_a_list_is_checked(repo):
+    assert broken("`pkg/gumbel.py: draw_seed, f, g`", repo) == {
+        "pkg/gumbel.py: f": "not defined (pkg/gumbel.py)", "pkg/gumbel.py: g": "not defined (pkg/gumbel.py)"}
+
+
+def test_the_real_docs_have_no_broken_pointers(capsys):
+    assert check_docs.check_pointers(check_docs.pages(None)) == 0, capsys.readouterr().out
