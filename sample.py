@@ -11,7 +11,7 @@ Sample from a checkpoint written by train_tiny.py.
     python sample.py --prompt "ROMEO:" --gen-len 64 --cfg-scale 1     # classifier-free guidance
 
 Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini_dlm/sampler.py:
-generate); block-diffusion checkpoints (trained with --block-size) sample with their own block
+generate, the flags in one Decoding); block-diffusion checkpoints (trained with --block-size) sample with their own block
 length and may use the exact --cache block. AR checkpoints decode left to right with their exact
 KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
 --remasking, --threshold, --factor, --factor-rule, --cache and LLaDA's two end-of-text switches.
@@ -33,10 +33,11 @@ from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.plumbing.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
                           probability, resolve_device, run, set_threads)
-from mini_dlm.sampling.length import Daedal, generate_dynamic
-from mini_dlm.sampling.infill import infill_canvas
 from mini_dlm.plumbing.checks import FACTOR_RULES, REMASKING
-from mini_dlm.sampler import CACHES, denoise, finish, generate, generate_ar, stop_at
+from mini_dlm.sampler import CACHES, Decoding, denoise, finish, generate, generate_ar
+from mini_dlm.sampling import guidance
+from mini_dlm.sampling.infill import infill_canvas
+from mini_dlm.sampling.length import Daedal, generate_dynamic, stop_at
 from mini_dlm.tokenizer import useful_lengths
 
 SCHEDULE = ("steps", "block_len", "remasking", "threshold", "factor", "factor_rule", "cache", "logits_eos_inf",
@@ -176,27 +177,34 @@ def show_steps(steps, tokenizer, P, colour):
         yield step
 
 
-def sampler(args, model, prompts, generator, eot_id, P):
-    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/sampling/length.py).
-    prompts: lists of ids, or with --infill the template's canvas (B, L)."""
-    cfg, kw = model.config, dict(temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
-                                 generator=generator)
-    decoding = dict(steps=args.steps, block_len=args.block_len, threshold=args.threshold, factor=args.factor,
-                    factor_rule=args.factor_rule, cache=args.cache, logits_eos_inf=args.logits_eos_inf,
-                    confidence_eos_eot_inf=args.confidence_eos_eot_inf, eot_id=eot_id, **kw)
-    if args.infill is not None:
-        return denoise(model, prompts, **decoding)
-    if args.gen_len == "auto" and cfg.block_size:  # block diffusion grows block by block up to --max-len
-        return stop_at(generate(model, prompts, gen_len=args.max_len, block_len=cfg.block_size,
-                                threshold=args.threshold, cache=args.cache, **kw), eot_id, P)
-    if args.gen_len == "auto":  # DAEDAL
+def decoding(args, eot_id, block_size):
+    """The Decoding the flags ask for. --gen-len auto takes the flags of its mode (MODES): a
+    block-diffusion model's blocks, DAEDAL no blocks (mini_dlm/plumbing/checks.py: check_daedal)."""
+    if args.gen_len == "auto":
+        return Decoding(block_len=block_size or 32, temperature=args.temperature, remasking=args.remasking,
+                        threshold=args.threshold, cache=args.cache, cfg_scale=args.cfg_scale,
+                        confidence_eos_eot_inf=args.confidence_eos_eot_inf, eot_id=eot_id)
+    return Decoding(args.steps, args.block_len, args.temperature, args.remasking, args.threshold, args.factor,
+                    args.factor_rule, args.cache, args.cfg_scale, args.logits_eos_inf, args.confidence_eos_eot_inf,
+                    eot_id)
+
+
+def sampler(args, model, start, generator, eot_id, P):
+    """The generator of Steps that the flags ask for (mini_dlm/sampler.py, mini_dlm/sampling/).
+    start: the prompts' id lists, or with --infill the template's canvas (B, L)."""
+    if model.config.objective == "ar":
+        return generate_ar(model, start, args.gen_len, args.temperature, generator)
+    opts, blocks = decoding(args, eot_id, model.config.block_size), bool(model.config.block_size)
+    if args.gen_len == "auto" and not blocks:  # DAEDAL
         length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold,
                         args.insert)
-        return generate_dynamic(model, prompts, length=length, threshold=args.threshold, eot_id=eot_id,
-                                confidence_eos_eot_inf=args.confidence_eos_eot_inf, **kw)
-    if cfg.objective == "ar":
-        return generate_ar(model, prompts, gen_len=args.gen_len, temperature=args.temperature, generator=generator)
-    return generate(model, prompts, gen_len=args.gen_len, **decoding)
+        return generate_dynamic(model, start, opts, length, generator)
+    strategy = guidance.strategy(opts)  # None without --cfg-scale
+    if args.infill is not None:
+        return denoise(model, start, opts, generator=generator, strategy=strategy)
+    if args.gen_len == "auto":  # block diffusion grows block by block up to --max-len
+        return stop_at(generate(model, start, opts, args.max_len, generator, strategy), eot_id, P)
+    return generate(model, start, opts, args.gen_len, generator, strategy)
 
 
 def resolve_lengths(args, cfg, tokenizer):
@@ -267,7 +275,7 @@ def main(argv=None):
                 for key, op in (("unmask_op", "unmask"), ("attention_op", "block_attention"))}
     model, tokenizer, ckpt = load_checkpoint(args.ckpt, device, "--ckpt")
     cfg = model.config
-    prompts, P, auto, inputs = sampler_input(args, model, tokenizer)
+    start, P, auto, inputs = sampler_input(args, model, tokenizer)
     blocks = auto and bool(cfg.block_size)
     mode = sampling_mode(cfg, auto, args.infill is not None)
     print_config("config", {"mode": mode, **flags_used(args, mode), "device": str(device),
@@ -278,14 +286,14 @@ def main(argv=None):
     generator = torch.Generator(device).manual_seed(args.seed)
     reset_backends_ran()
     t0 = time.time()
-    with autocast(device):  # schedule, options and context are checked by the samplers
-        steps = sampler(args, model, prompts, generator, tokenizer.eot_id, P)
+    with autocast(device):  # schedule, options and context are checked where the samplers start
+        steps = sampler(args, model, start, generator, tokenizer.eot_id, P)
         x, stats = finish(show_steps(steps, tokenizer, P, colour) if args.show_steps else steps)
         if blocks:
-            stats["lengths"] = torch.full((len(prompts),), x.shape[1] - P)
+            stats["lengths"] = torch.full((len(start),), x.shape[1] - P)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    blanks = prompts == cfg.mask_id if args.infill is not None else None
+    blanks = start == cfg.mask_id if args.infill is not None else None
     report(args, tokenizer, x, stats, P, time.time() - t0, blocks, blanks, colour)
 
 

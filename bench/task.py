@@ -63,35 +63,6 @@ def get_parser():
 
 # ---- the task of a checkpoint, its held-out puzzles, the checks ------------------------------
 
-def load_task_model(path, flag, device="cpu"):
-    """-> (model, tokenizer, task) of a train_tiny.py --task checkpoint; task = (name, seed,
-    held-out puzzles kept out of its training)."""
-    model, tok, ckpt = load_checkpoint(path, device, flag)
-    tc = ckpt["train_config"]
-    if not tc.get("task"):
-        raise ValueError(f"{flag} {path}: not trained on a task (train_tiny.py --task)")
-    return model, tok, (tc["task"], tc["task_seed"], tc["task_test"])
-
-
-def held_out(task, n):
-    """The first n held-out puzzles of task (name, seed, pool): [(puzzle, solution)], lists of ints."""
-    name, seed, pool = task
-    if n > pool:
-        raise ValueError(f"only the first {pool} held-out puzzles were kept out of training, not {n}")
-    return tasks.puzzles(tasks.SUDOKUS[name], seed, "test", n)
-
-
-def prompt_ids(tok, puzzle):
-    """The sampler's prompt: the puzzle and the separator, one token per character."""
-    return tok.encode(tasks.to_text(puzzle) + tasks.SEP)
-
-
-def check_rows(tok, sudoku, pairs, gen):
-    """gen (B, cells) generated ids for pairs [(puzzle, solution)] -> (exact, valid) (B,) bool."""
-    results = [tasks.check_answer(p, s, tok.decode(g.tolist()), sudoku) for (p, s), g in zip(pairs, gen)]
-    return torch.tensor([e for e, _ in results]), torch.tensor([v for _, v in results])
-
-
 def validate_checks(tok, sudoku, pairs):
     """The checks must tell right from wrong before they score anything."""
     right = torch.tensor([tok.encode(tasks.to_text(s)) for _, s in pairs])  # (N, cells)

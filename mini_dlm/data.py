@@ -12,8 +12,7 @@ Two ways to cut the tokens into training rows:
                     Documents are cut at a separator: a blank line by default, which for the
                     shipped corpus is one speech (a speaker line and its text). A document
                     longer than a row continues on the next row; only its last row ends.
-A generated task (--task, mini_dlm/tasks/sudoku.py) needs no file: prepare_task makes its rows,
-prompt then answer, byte-level (one cell = one token), cached like the tokens.
+A generated task (--task) needs no file: mini_dlm/tasks/rows.py makes its rows.
 """
 
 import hashlib
@@ -22,7 +21,6 @@ import os
 import torch
 
 from mini_dlm.plumbing.checkpoint import atomic_save, safe_load
-from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.tokenizer import Tokenizer
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -120,30 +118,6 @@ def prepare_tokens(text, raw, vocab_size, cache_dir, seq_len, tokenizer_kind="bp
         os.makedirs(cache_dir, exist_ok=True)
         atomic_save({"tokenizer": tokenizer.to_dict(), "train": train, "val": val}, cache)
     return tokenizer, train, val
-
-
-def prepare_task(name, seed, n_train, n_test, cache_dir):
-    """-> (tokenizer, train, val) for a generated task: (N, prompt_len + answer_len + 1) int32
-    rows, each a puzzle, ':', its solution and one end-of-text (a row is seq_len + 1 tokens;
-    no loss reads the last). The tokenizer is byte-level BPE with no merges, so one cell is one
-    token. Cached in cache_dir by (name, seed, sizes): 50,000 6x6 puzzles take minutes."""
-    blanks = tasks.SUDOKUS[name].blanks or "min"
-    key = f"task-{name}-blanks{blanks}-seed{seed}-train{n_train}-test{n_test}-v{CACHE_VERSION}"
-    cache = os.path.join(cache_dir, f"{key}.pt")
-    c = load_cache(cache)
-    if c:
-        return c
-    tokenizer, sudoku = Tokenizer("bpe", []), tasks.SUDOKUS[name]
-    splits = tasks.make_splits(sudoku, seed, n_train, n_test)
-    rows = {}
-    for split in ("train", "val"):
-        texts = [tasks.row_text(p, s) for p, s in splits[split]]
-        rows[split] = torch.tensor([ids + [tokenizer.eot_id] for ids in tokenizer.enc.encode_ordinary_batch(texts)],
-                                   dtype=torch.int32)  # (N, 2 * cells + 2)
-        assert rows[split].shape[1] == sudoku.row_len + 1, "a cell is not one token"
-    os.makedirs(cache_dir, exist_ok=True)
-    atomic_save({"tokenizer": tokenizer.to_dict(), "train": rows["train"], "val": rows["val"]}, cache)
-    return tokenizer, rows["train"], rows["val"]
 
 
 def load_cache(path):

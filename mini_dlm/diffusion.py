@@ -14,16 +14,15 @@ revealing the tokens one at a time in a random order (an any-order AR model), wh
 the NLL. Without 1/p (a common shortcut) state k gets weight k / (L + 1): heavily masked, hard
 states dominate, and the number is no longer a likelihood bound (notes/02 works this out).
 
-Prompted rows (a generated task, train_tiny.py --task): the first prompt_len columns of a
-row are the condition, never masked and never scored; the loss is the bound on the answer's
-NLL given them, per answer token (LLaDA's supervised fine-tuning masks only the response).
-The AR twin likewise scores only the answer's tokens.
-
 Block diffusion (BD3-LM, Arriola et al. 2025; config.block_size = b > 0). The window is cut
 into blocks of b; each block gets its own t and is denoised given the *clean* earlier blocks,
 so the bound is a sum over blocks, and a sampler can cache finished blocks exactly. All blocks
 train in one forward over the 2L sequence [x_t ; x0] with the attention mask of
 bd3_attention_mask; the loss is read off the x_t half.
+
+Variants of later chapters plug their own loss(model, batch, t, u) into loss_fn and evaluate:
+a task's answer given its prompt (mini_dlm/tasks/rows.py), complementary masks
+(mini_dlm/conversion/complementary.py).
 """
 
 import math
@@ -56,14 +55,13 @@ def forward_process(x0, t, mask_id, eps=EPS, generator=None, u=None):
     return x_t, masked, p
 
 
-def elbo_loss(logits, x0, masked, p, prompt_len=0):
+def elbo_loss(logits, x0, masked, p, n_tokens=None):
     """The negative-ELBO estimate above, in nats per token. logits (B, L, V), x0/masked (B, L),
-    p (B,) per row or (B, L) per token. prompt_len: columns that are never masked; the tokens
-    counted are the other L - prompt_len of each row."""
+    p (B,) per row or (B, L) per token. n_tokens: the tokens the sum is shared by, default B * L."""
     B, L = x0.shape
     ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")  # (n_masked,)
     weight = (1.0 / (p[:, None] if p.dim() == 1 else p)).expand(B, L)[masked]  # (n_masked,): 1/p of each
-    return (ce * weight).sum() / (B * (L - prompt_len))
+    return (ce * weight).sum() / (n_tokens or B * L)
 
 
 def bd3_attention_mask(L, b, device="cpu"):
@@ -81,15 +79,7 @@ def bd3_attention_mask(L, b, device="cpu"):
     return torch.cat([top, bottom], dim=0)
 
 
-def bd3_left(L, b, device="cpu"):
-    """Token shift (model.shift_right) over [x_t ; x0]: the column whose hidden state gives each
-    column's logits (2L,). Inside a block the noisy column before it; a block's first column
-    reads the clean last column of the block before, in x0, as a sampler reads it from its cache."""
-    i = torch.arange(L, device=device)
-    return torch.cat([torch.where(i % b == 0, L + i - 1, i - 1), L + i - 1])
-
-
-def denoise(model, x_t, x0):
+def x0_logits(model, x_t, x0):
     """The model's logits (B, L, V) for x0 given x_t. Full attention: f(x_t). Block diffusion:
     one forward over [x_t ; x0] with bd3_attention_mask, both halves at positions 0..L-1,
     keeping the x_t half: every block sees its noisy self and the clean blocks before it."""
@@ -98,62 +88,36 @@ def denoise(model, x_t, x0):
         return model(x_t)
     L = x_t.shape[1]
     pos = torch.arange(L, device=x_t.device).repeat(2)  # (2L,)
-    left = bd3_left(L, b, x_t.device) if model.config.token_shift else None
-    return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos, left=left)[:, :L]
+    return model(torch.cat([x_t, x0], dim=1), bd3_attention_mask(L, b, x_t.device), pos)[:, :L]
 
 
-def keep_prompt(u, prompt_len):
-    """The mask uniforms u (B, L) with the first prompt_len columns set to 2: above any p, so
-    the prompt is never masked. A copy when it changes anything."""
-    if not prompt_len:
-        return u
-    u = u.clone()
-    u[:, :prompt_len] = 2.0
-    return u
+def mdm_loss(model, x0, t, u):
+    """The mask predictor's loss on windows x0 (B, L) noised at times t ((B,) or (B, L)), a
+    token masked where its uniform u (B, L) < p."""
+    x_t, masked, p = forward_process(x0, t, model.config.mask_id, u=u)
+    return elbo_loss(x0_logits(model, x_t, x0), x0, masked, p)
 
 
-def mdm_loss(model, x0, t, generator=None, u=None, prompt_len=0):
-    """One training loss for the mask predictor: noise x0 at times t ((B,) or (B, L)), predict,
-    ELBO; the first prompt_len columns stay clean and unscored."""
-    if u is None:
-        u = torch.rand(x0.shape, generator=generator, device=x0.device)
-    x_t, masked, p = forward_process(x0, t, model.config.mask_id, u=keep_prompt(u, prompt_len))
-    return elbo_loss(denoise(model, x_t, x0), x0, masked, p, prompt_len)
-
-
-def ar_loss(model, x, prompt_len=0):
-    """Next-token cross-entropy on windows x (B, L+1): predict x[:, 1:] from x[:, :-1]. With a
-    prompt, only the targets in columns prompt_len .. L - 1 of x count (the answer; the last
-    column, a task row's filler, does not)."""
+def ar_loss(model, x):
+    """Next-token cross-entropy on windows x (B, L+1): predict x[:, 1:] from x[:, :-1]."""
     logits = model(x[:, :-1])  # (B, L, V), causal
-    target = x[:, 1:]  # (B, L): target j is column j + 1 of x
-    if prompt_len:
-        target = target.clone()
-        target[:, :prompt_len - 1] = -100  # the prompt predicts nothing
-        target[:, -1] = -100  # column L: past the answer
-    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
 
 
-def complementary(x0, t, u):
-    """Fast-dLLM v2's complementary masks: every window twice, the second time at time 1 - t
-    with uniforms 1 - u, so that it masks (up to a band of width EPS) exactly the tokens the
-    first leaves clean. Each half is still a sample of the forward process, so the loss stays
-    the ELBO estimate; every token of a window is scored once per pair. -> (x0, t, u), 2B rows."""
-    return torch.cat([x0, x0]), torch.cat([t, 1 - t]), torch.cat([u, 1 - u])
-
-
-def loss_fn(model, batch, generator=None, shard=(0, 1), prompt_len=0, complementary_masks=False):
-    """The training loss of either objective on a batch of windows (B, seq_len + 1); with
-    prompt_len, of the answer given the prompt (see the module docstring); with
-    complementary_masks (diffusion only), of each window and its complement (complementary).
-    shard = (rank, n) under DDP (train_tiny.py): batch is rows rank*B .. (rank+1)*B - 1 of a
-    global batch of n*B rows. The noise (t, masks) is drawn for the global batch and the same
-    rows kept, so n ranks together draw exactly what one process would. Each rank's loss is a
-    mean over its B rows (elbo_loss's 1 / (B * L), ar_loss's mean), so the mean over the ranks,
-    which DDP takes of the gradients, is the global batch's loss."""
+def loss_at(model, batch, t, u):
+    """The loss of windows batch (B, L + 1) under the noise t, u: mdm_loss of batch[:, :-1], or
+    for an AR model (t, u None) its next-token loss."""
     if model.config.objective == "ar":
-        return ar_loss(model, batch, prompt_len)
-    x0 = batch[:, :-1]
+        return ar_loss(model, batch)
+    return mdm_loss(model, batch[:, :-1], t, u)
+
+
+def draw_noise(model, x0, generator=None, shard=(0, 1)):
+    """t and the mask uniforms u of a training batch x0 (B, L): t per row, or per block of
+    block_size (BD3-LM), stratified over the batch (sample_t). shard = (rank, n) under DDP
+    (train_tiny.py): x0 is rows rank*B .. (rank+1)*B - 1 of a global batch of n*B rows; the noise
+    is drawn for the global batch and the same rows kept, so n ranks together draw exactly what
+    one process would."""
     B, L = x0.shape
     rank, n = shard
     rows = slice(rank * B, (rank + 1) * B)  # this shard's rows of the global draws
@@ -163,49 +127,56 @@ def loss_fn(model, batch, generator=None, shard=(0, 1), prompt_len=0, complement
     else:
         t = sample_t(n * B, generator, x0.device)[rows]  # (B,)
     u = torch.rand((n * B, L), generator=generator, device=x0.device)[rows]  # (B, L): decides the masks
-    if complementary_masks:
-        x0, t, u = complementary(x0, t, u)  # (2B, L), (2B,) or (2B, L), (2B, L)
-    return mdm_loss(model, x0, t, generator, u, prompt_len)
+    return t, u
+
+
+def loss_fn(model, batch, generator=None, shard=(0, 1), loss=loss_at):
+    """The training loss of a batch of windows (B, seq_len + 1): fresh noise (draw_noise; none
+    for an AR model), then loss(model, batch, t, u). Each rank's loss is a mean over its B rows
+    (elbo_loss's 1 / (B * L), ar_loss's mean), so the mean over the ranks, which DDP takes of
+    the gradients, is the global batch's loss."""
+    if model.config.objective == "ar":
+        return loss(model, batch, None, None)
+    return loss(model, batch, *draw_noise(model, batch[:, :-1], generator, shard))
+
+
+def val_windows(val_ids, seq_len, max_windows):
+    """The validation windows (N, seq_len + 1), the same every time: evenly spaced windows of
+    the token stream val_ids, or evenly spaced rows of document rows (N', seq_len + 1)."""
+    if val_ids.dim() == 2:  # document rows (mini_dlm/data.py: document_rows)
+        n_win = min(max_windows, len(val_ids))
+        return val_ids[torch.linspace(0, len(val_ids) - 1, n_win).long()].long()
+    n_win = min(max_windows, (len(val_ids) - 1) // seq_len)
+    if n_win < 1:
+        raise ValueError(f"validation split ({len(val_ids)} tokens) is shorter than seq_len + 1 = {seq_len + 1}")
+    starts = torch.linspace(0, len(val_ids) - seq_len - 1, n_win).long().tolist()
+    return torch.stack([val_ids[s:s + seq_len + 1] for s in starts]).long()
 
 
 @torch.no_grad()
-def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed=1234, prompt_len=0):
-    """val_ids: the validation token stream, or document rows (N, seq_len + 1).
-    Validation figure that compares across runs: the same windows, t values and masks each time.
-
+def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed=1234, loss=loss_at):
+    """A validation figure that compares across runs: the same windows (val_windows), t values
+    and masks each time, loss(model, windows, t, u) as in loss_fn.
     mdm: the ELBO bound at the midpoints t_j = (j + 1/2) / n_t of n_t equal strata (a fixed
          quadrature of E_t), each window masked with a fixed seed -> an upper bound on nats/token.
-         For block diffusion every block of a window takes the same t_j: the bound is a sum of
-         per-block integrals over t, each approximated by the same quadrature.
+         For block diffusion every block of a window takes the same t_j.
     ar:  the exact next-token NLL in nats/token.
-    prompt_len: rows are prompt + answer (a task); both figures are per answer token, given the prompt.
     Returns {"nats": ..., "ppl": exp(nats)} (for mdm, ppl is an upper bound on perplexity)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    if val_ids.dim() == 2:  # document rows (mini_dlm/data.py: document_rows): evenly spaced rows
-        n_win = min(max_windows, len(val_ids))
-        windows = val_ids[torch.linspace(0, len(val_ids) - 1, n_win).long()].long()  # (n_win, seq_len + 1)
-    else:
-        n_win = min(max_windows, (len(val_ids) - 1) // seq_len)
-        if n_win < 1:
-            raise ValueError(f"validation split ({len(val_ids)} tokens) is shorter than seq_len + 1 = {seq_len + 1}")
-        starts = torch.linspace(0, len(val_ids) - seq_len - 1, n_win).long().tolist()
-        windows = torch.stack([val_ids[s:s + seq_len + 1] for s in starts]).long()  # (n_win, seq_len + 1)
+    windows = val_windows(val_ids, seq_len, max_windows)  # (N, seq_len + 1)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
-    for i in range(0, n_win, batch_size):
+    for i in range(0, len(windows), batch_size):
         w = windows[i:i + batch_size]
         if model.config.objective == "ar":
-            total += ar_loss(model, w.to(device), prompt_len).item() * len(w)
+            total += loss(model, w.to(device), None, None).item() * len(w)
             continue
-        x0 = w[:, :-1]
         for j in range(n_t):
-            t = torch.full((len(x0),), (j + 0.5) / n_t)
-            u = keep_prompt(torch.rand(x0.shape, generator=gen), prompt_len)  # masks drawn on CPU
-            x_t, masked, p = forward_process(x0, t, model.config.mask_id, u=u)
-            logits = denoise(model, x_t.to(device), x0.to(device))
-            total += elbo_loss(logits, x0.to(device), masked.to(device), p.to(device), prompt_len).item() * len(w) / n_t
+            t = torch.full((len(w),), (j + 0.5) / n_t)
+            u = torch.rand((len(w), w.shape[1] - 1), generator=gen)  # masks drawn on the CPU
+            total += loss(model, w.to(device), t.to(device), u.to(device)).item() * len(w) / n_t
     model.train(was_training)
-    nats = total / n_win
+    nats = total / len(windows)
     return {"nats": nats, "ppl": math.exp(min(nats, 700.0))}

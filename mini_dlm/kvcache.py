@@ -3,7 +3,8 @@ The KV cache (notes/00-spec.md section 5): the keys/values of the part of the ca
 pass does not recompute, per layer. The model's attention layers read from it and write to it
 (mini_dlm/model.py: Attention); callers only create it and say when it should grow.
 
-A cache has three states, one per kind of forward pass it is given to:
+A cache has three states, one per kind of forward pass it is given to; its owner (a sampler
+strategy, mini_dlm/sampler.py) moves it from one to the next between forwards:
   record  it is new: the forward runs the whole input with ordinary attention, and each layer
           stores its keys/values of columns [pad[r], end) of row r, plus, with suffix_from,
           columns [suffix_from, T) as a suffix;
@@ -11,7 +12,7 @@ A cache has three states, one per kind of forward pass it is given to:
           (mini_dlm/ops.py: block_attention); nothing is stored;
   append  as read, and each layer then writes the new tokens' keys/values after each row's
           cached ones (append_next() asks for this, for the next forward only).
-After a forward the cache is in the read state.
+After a forward that recorded or appended, start_reading() puts it in the read state.
 
 How the sampler uses it (mini_dlm/sampler.py):
   prefix (Fast-dLLM)  recorded by one full forward at a block's start: everything before the
@@ -52,7 +53,7 @@ class KVCache:
         self.k, self.v = [None] * n_layer, [None] * n_layer
         self.k_suffix, self.v_suffix = (None, None) if suffix_from is None else ([None] * n_layer, [None] * n_layer)
         self.length = end - pad  # (B,) valid slots per row, once recorded
-        self.left = None  # token shift: the hidden state (B, C) of the last cached column
+        self.new = 0  # tokens the last forward appended (not yet counted in length)
         self.state = "record"
 
     def append_next(self):
@@ -60,12 +61,11 @@ class KVCache:
         self.state = "append"
         return self
 
-    def keep_left(self, h, recorded):
-        """Token shift (model.shift_right): keep the final hidden state of the last column the
-        forward cached, from h (B, T, C): column end - 1 of a recording, the last appended
-        column otherwise. The next new token's logits come from it."""
-        h = h[:, :self.end] if recorded else h
-        self.left = h[:, -1] if h.shape[1] else None
+    def start_reading(self):
+        """After a forward that recorded or appended: later forwards only read the cache, and
+        what the last one appended now counts as cached. Returns the cache."""
+        self.length, self.new, self.state = self.length + self.new, 0, "read"
+        return self
 
     def layer(self, i):
         """Arguments 4.. of ops.block_attention for layer i."""
@@ -74,8 +74,7 @@ class KVCache:
         return self.k[i], self.v[i], self.length, sk, sv
 
     def update(self, i, k, v):
-        """Layer i's keys/values k, v (B, H, T, D) of the current forward: stored as the state
-        says. The last layer ends the forward."""
+        """Layer i's keys/values k, v (B, H, T, D) of the current forward: stored as the state says."""
         if self.state == "record":
             self.k[i] = compact(k, self.pad, self.end, self.capacity)
             self.v[i] = compact(v, self.pad, self.end, self.capacity)
@@ -87,7 +86,4 @@ class KVCache:
             index = slots[:, None, :, None].expand(B, H, T, D)
             self.k[i].scatter_(2, index, k)
             self.v[i].scatter_(2, index, v)
-        if i == len(self.k) - 1:
-            if self.state == "append":
-                self.length = self.length + k.shape[2]
-            self.state = "read"
+            self.new = T

@@ -37,7 +37,7 @@ class ModelConfig:
     objective: str = "mdm"  # "mdm": bidirectional mask predictor | "ar": causal next-token
     rope_base: float = 10000.0
     block_size: int = 0  # b > 0: block diffusion (BD3-LM), block-causal attention; 0: full attention
-    token_shift: bool = False  # Fast-dLLM v2: column t's logits come from the hidden state of column t - 1
+    token_shift: bool = False  # Fast-dLLM v2's token shift (mini_dlm/conversion/token_shift.py)
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "n_embd"):
@@ -68,22 +68,6 @@ def block_causal(L, b, start=0, device=None):
     block attention is full, across blocks causal (BD3-LM); b = 1 is plain causal attention."""
     blk = torch.div(torch.arange(L, device=device) - start, b, rounding_mode="floor")  # (L,)
     return blk[:, None] >= blk[None, :]
-
-
-def shift_right(h, pos, left=None, first=None):
-    """Token shift (Fast-dLLM v2): h (B, T, C) final hidden states -> (B, T, C) whose column t is
-    the hidden state of the column left of t. left (T,): that column for each t (default
-    t - 1); first (B, C): the hidden state left of column 0 when it is not in h (a KV cache's).
-    Where pos == 0 a column has nothing to its left and keeps its own state. An AR model
-    predicts token t from position t - 1; a converted model that keeps this keeps the meaning
-    of its output head."""
-    if first is not None:
-        prev = torch.cat([first[:, None], h[:, :-1]], dim=1)
-    else:
-        left = torch.arange(h.shape[1], device=h.device) - 1 if left is None else left
-        prev = h[:, left.clamp(min=0)]
-    start = (pos == 0).unsqueeze(-1)  # (T, 1) or (B, T, 1): a row's first position
-    return torch.where(start, h, prev)
 
 
 def rope_tables(seq_len, head_dim, base):
@@ -117,7 +101,7 @@ class Attention(nn.Module):
         else:  # the T new tokens see the cached prefix (and suffix) and all of themselves
             y = block_attention(q, k, v, *cache.layer(self.layer))  # (B, H, T, D)
         if cache is not None:
-            cache.update(self.layer, k, v)  # records or appends this layer's keys/values, as the cache says
+            cache.update(self.layer, k, v)  # records or appends this layer's keys/values, as its state says
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -163,6 +147,9 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.seq_len, cfg.n_embd // cfg.n_head, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.token_shift and type(self).trunk is Transformer.trunk:  # the shift is a subclass's
+            raise ValueError("token_shift=True needs mini_dlm/conversion/token_shift.py: TokenShiftTransformer "
+                             "(mini_dlm/plumbing/checkpoint.py: new_model picks the class)")
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith(("attn.proj.weight", "mlp.w2.weight")):
@@ -173,35 +160,26 @@ class Transformer(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, attn_mask=None, pos=None, cache=None, only=None, left=None):
-        """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf.
+    def forward(self, idx, attn_mask=None, pos=None, cache=None, only=None):
+        """idx (B, T) token ids -> logits (B, T, V), with logits[..., M] = -inf (SUBS).
         attn_mask: None for the model's own pattern (mdm: full; ar: causal; block diffusion:
-        block-causal with blocks of block_size from position 0), or a bool tensor
-        broadcastable to (B, H, T, T), True where query t may attend to key s.
-        pos: positions (T,) or (B, T) for RoPE; default 0..T-1.
-        cache: a KVCache (mini_dlm/kvcache.py). A new one records this forward's keys/values
-        (attention as without a cache); afterwards idx are new tokens that attend to the
-        cache's keys/values and to each other (attn_mask is not used), appending theirs when
-        the cache was told to (append_next).
-        only: a slice of positions; logits are computed for those alone (a sampler needs one
-        block's logits, not all T: the output head is a large part of a small model's work).
-        left: with token_shift, the column whose hidden state gives each column's logits
-        (T,), default t - 1 (shift_right); a cache supplies the one left of its new tokens."""
-        x = self.trunk(idx, attn_mask, pos, cache, left)  # (B, T, C)
+        block-causal from position 0), or a bool mask broadcastable to (B, H, T, T), True where
+        query t may see key s. pos: RoPE positions (T,) or (B, T), default 0..T-1. cache: a
+        KVCache (mini_dlm/kvcache.py) that this forward records into or reads from, as its
+        state says. only: the positions whose logits are wanted (a sampler needs one block's)."""
+        x = self.trunk(idx, attn_mask, pos, cache)  # (B, T, C)
         if only is not None:
             x = x[:, only]  # (B, T', C)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         logits[..., self.config.mask_id] = float("-inf")  # SUBS: never predict M
         return logits
 
-    def trunk(self, idx, attn_mask=None, pos=None, cache=None, left=None):
-        """forward's arguments -> the last block's hidden states (B, T, C), token-shifted with
-        token_shift: what the output norm and head read (and mini_dlm/distillation/didi.py's discriminator)."""
+    def trunk(self, idx, attn_mask=None, pos=None, cache=None):
+        """forward's arguments -> the last block's hidden states (B, T, C)."""
         B, T = idx.shape
         if pos is None:
             pos = torch.arange(T, device=idx.device)
-        state = None if cache is None else cache.state  # the blocks move it on to "read"
-        reading = state in ("read", "append")
+        reading = cache is not None and cache.state != "record"  # the new tokens attend to the cache
         if attn_mask is None and not reading and self.config.block_size:
             attn_mask = block_causal(T, self.config.block_size, device=idx.device)  # (T, T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D/2) or (B, T, D/2)
@@ -211,11 +189,6 @@ class Transformer(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, attn_mask, is_causal, cache)
-        if self.config.token_shift:
-            h = x
-            x = shift_right(h, pos, left, cache.left if reading else None)
-            if state in ("record", "append"):
-                cache.keep_left(h, state == "record")
         return x
 
     def num_params(self, non_embedding=True):

@@ -1,5 +1,5 @@
 """
-The sampler's two hot ops (notes/00-spec.md section 8). unmask_reference and
+The sampler's two hot ops (notes/appendix-spec.md section 8). unmask_reference and
 block_attention_reference, in plain PyTorch, are the *specification*: the compiled kernels in
 csrc/ must select exactly the same positions and tokens, and agree with their values to fp32
 rounding. They are also what runs where no kernel does.
@@ -10,20 +10,40 @@ rounding. They are also what runs where no kernel does.
   block_attention  attention of a block's queries over a cached prefix, the block itself and
                    an optional cached suffix, as if the three were concatenated (notes/04).
 
-unmask and block_attention, the entry points, check their arguments (mini_dlm/plumbing/checks.py), then
-call torch.ops.mini_dlm.* or the reference, as mini_dlm/plumbing/backend.py decides.
+unmask and block_attention, the entry points, check their arguments
+(mini_dlm/plumbing/checks.py), then call torch.ops.mini_dlm.* or the reference, as
+mini_dlm/plumbing/backend.py decides.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.plumbing.backend import HAS_EXT, record, use_ext
 from mini_dlm.gumbel import sample_x0, signed64
-from mini_dlm.plumbing.checks import check_attention, check_unmask
+from mini_dlm.plumbing.backend import HAS_EXT, record, use_ext
+from mini_dlm.plumbing.checks import check_attention, check_rule, check_unmask
 
 CUDA_HEAD_DIMS = (32, 64, 128)  # the head dims the CUDA attention kernels are compiled for
 MAX_BANNED_CUDA = 16  # banned ids, and demoted ids, the CUDA unmask takes (they travel as kernel arguments)
 OP_RULES = {"fastdllm": "factor", "strict": "factor_strict"}  # factor_rule -> the op's rule name
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How unmask guesses, scores and commits: everything but the tensors and the per-step k,
+    seed and scores. Commit by LLaDA's schedule (a k given per call), Fast-dLLM's threshold, or
+    its factor rule: exactly one of the three. Checked when built."""
+    remasking: str = "low_confidence"  # how a guess is scored: low_confidence | margin | entropy | random
+    temperature: float = 0.0  # x0 = argmax(logits + T * Gumbel); 0: the plain argmax
+    threshold: float | None = None  # commit every guess with c >= tau, and the best
+    factor: float | None = None  # rank n commits if c(n) >= 1 - factor / (n + 1) ...
+    factor_rule: str = "fastdllm"  # ... as Fast-dLLM's code ("fastdllm") or the longest run ("strict")
+    banned: tuple = ()  # ids never guessed (the mask token at least)
+    demote: tuple = ()  # ids whose guesses score -inf: they commit after every other
+
+    def __post_init__(self):
+        check_rule(self)
 
 
 def _rows(t):
@@ -34,22 +54,20 @@ def _rows(t):
 
 # ---- unmask -------------------------------------------------------------------------------
 
-def unmask(logits, tokens, eligible, *, k=None, threshold=None, factor=None, factor_rule="fastdllm",
-           remasking="low_confidence", scores=None, temperature=0.0, seed=0, banned=(), demote=()):
+def unmask(logits, tokens, eligible, rule, k=None, seed=0, scores=None):
     """Check the arguments (ValueError), then run the compiled op or unmask_reference (the spec)."""
-    check_unmask(logits, tokens, eligible, k, threshold, factor, factor_rule, remasking, scores, banned, demote)
-    cuda_takes = logits.dtype != torch.float64 and max(len(banned), len(demote)) <= MAX_BANNED_CUDA  # else: the reference
-    ext = use_ext("unmask", logits.device) and (logits.device.type != "cuda" or cuda_takes)
+    check_unmask(logits, tokens, eligible, rule, k, scores)
+    cuda_takes = logits.dtype != torch.float64 and max(len(rule.banned), len(rule.demote)) <= MAX_BANNED_CUDA
+    ext = use_ext("unmask", logits.device) and (logits.device.type != "cuda" or cuda_takes)  # else: the reference
     record("unmask", ext)
     if not ext:
-        return unmask_reference(logits, tokens, eligible, k=k, threshold=threshold, factor=factor,
-                                factor_rule=factor_rule, remasking=remasking, scores=scores, temperature=temperature,
-                                seed=seed, banned=banned, demote=demote)
-    rule = "schedule" if k is not None else "threshold" if threshold is not None else OP_RULES[factor_rule]
-    scores = scores.double() if remasking == "random" else None
-    return torch.ops.mini_dlm.unmask(_rows(logits), tokens, eligible, [int(b) for b in banned],
-                                     [int(d) for d in demote], k, float(threshold or 0.0), float(factor or 0.0), rule,
-                                     remasking, scores, float(temperature), signed64(int(seed)))
+        return unmask_reference(logits, tokens, eligible, rule, k, seed, scores)
+    r = rule
+    name = "schedule" if k is not None else "threshold" if r.threshold is not None else OP_RULES[r.factor_rule]
+    scores = scores.double() if r.remasking == "random" else None
+    return torch.ops.mini_dlm.unmask(_rows(logits), tokens, eligible, [int(b) for b in r.banned],
+                                     [int(d) for d in r.demote], k, float(r.threshold or 0.0), float(r.factor or 0.0),
+                                     name, r.remasking, scores, float(r.temperature), signed64(int(seed)))
 
 
 if HAS_EXT:
@@ -109,34 +127,34 @@ def factor_count(c_sorted, n_eligible, factor, factor_rule="fastdllm"):
 
 
 @torch.no_grad()
-def unmask_reference(logits, tokens, eligible, *, k=None, threshold=None, factor=None, factor_rule="fastdllm",
-                     remasking="low_confidence", scores=None, temperature=0.0, seed=0, banned=(), demote=()):
+def unmask_reference(logits, tokens, eligible, rule, k=None, seed=0, scores=None):
     """One denoising step's decision, in place; returns the count committed per row (B,) int64.
     logits (B, L, V): the model's output; tokens (B, L) int64: the canvas; eligible (B, L) bool:
     the positions that may commit (masked, in the current block), cleared where they do.
-    The rule, exactly one of: k (B,) int64, LLaDA's schedule: the k[b] best of row b (all if
-    fewer); threshold, Fast-dLLM: every c >= threshold, and the best; factor > 0: factor_count
-    under factor_rule ("fastdllm" or "strict").
-    remasking scores a guess: low_confidence | margin | entropy (confidence()), or random
+    What commits, exactly one of: k (B,) int64, LLaDA's schedule: the k[b] best of row b (all
+    if fewer); rule.threshold, Fast-dLLM: every c >= threshold, and the best; rule.factor > 0:
+    factor_count under rule.factor_rule.
+    rule.remasking scores a guess: low_confidence | margin | entropy (confidence()), or random
     (c = scores (B, L), drawn by the caller). x0 = argmax(l + T * Gumbel) (mini_dlm/gumbel.py,
-    seed); banned ids (the mask token at least) count as -inf in the argmax and the softmax;
-    a guess that is one of the demote ids scores c = -inf, so it commits after every other
+    seed); rule.banned ids (the mask token at least) count as -inf in the argmax and the softmax;
+    a guess that is one of the rule.demote ids scores c = -inf, so it commits after every other
     (LLaDA's confidence_eos_eot_inf). "Best" is the highest c; equal c go to the lowest
     position, equal logits to the lowest id."""
     ids = lambda t: torch.tensor(list(t), dtype=torch.long, device=logits.device)  # noqa: E731
-    lg = logits.double().index_fill(-1, ids(banned), float("-inf"))
+    lg = logits.double().index_fill(-1, ids(rule.banned), float("-inf"))
     if (lg.amax(dim=-1) == float("-inf"))[eligible].any():
         raise ValueError("an eligible position has no finite logit outside the banned ids")
-    x0 = sample_x0(lg, temperature, seed)  # (B, L) the guesses
-    c = scores.double() if remasking == "random" else confidence(lg, x0, remasking)  # (B, L)
-    c = c.masked_fill(torch.isin(x0, ids(demote)) | ~eligible, float("-inf"))  # demoted and ineligible: last
+    x0 = sample_x0(lg, rule.temperature, seed)  # (B, L) the guesses
+    c = scores.double() if rule.remasking == "random" else confidence(lg, x0, rule.remasking)  # (B, L)
+    c = c.masked_fill(torch.isin(x0, ids(rule.demote)) | ~eligible, float("-inf"))  # demoted and ineligible: last
     rank = descending_rank(c, eligible)  # (B, L): 0 = the row's best eligible position
     if k is not None:
         commit = rank < k[:, None]
-    elif threshold is not None:
-        commit = (c >= threshold) | (rank == 0)
+    elif rule.threshold is not None:
+        commit = (c >= rule.threshold) | (rank == 0)
     else:
-        n_commit = factor_count(c.sort(dim=1, descending=True).values, eligible.sum(dim=1), factor, factor_rule)
+        n_commit = factor_count(c.sort(dim=1, descending=True).values, eligible.sum(dim=1), rule.factor,
+                                rule.factor_rule)
         commit = rank < n_commit[:, None]
     commit &= eligible
     tokens.copy_(torch.where(commit, x0, tokens))

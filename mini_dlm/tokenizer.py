@@ -27,7 +27,8 @@ GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?
 EOT = "<|endoftext|>"
 MASK = "<|mask|>"
 N_SPECIAL = 2
-MIN_VOCAB = 256 + N_SPECIAL
+MIN_VOCAB = 256 + N_SPECIAL  # the bytes and the specials: a byte-level tokenizer without merges
+GPT2_VOCAB = 50257 + N_SPECIAL  # tiktoken's GPT-2 and the specials
 
 
 def train_bpe(text, vocab_size):
@@ -118,7 +119,13 @@ class Tokenizer:
 
     @classmethod
     def train(cls, text, vocab_size):
-        return cls("bpe", train_bpe(text, vocab_size))
+        """A BPE tokenizer of exactly vocab_size ids trained on text; ValueError if text is too
+        small to yield that many."""
+        tok = cls("bpe", train_bpe(text, vocab_size))
+        if tok.vocab_size != vocab_size:
+            raise ValueError(f"the training text yields only {tok.vocab_size} token ids, not the {vocab_size} of "
+                             f"--vocab-size: give --vocab-size {tok.vocab_size} or more text")
+        return tok
 
     def encode(self, text, allow_special=False):
         """Text -> ids. By default special-token strings in the text are encoded as plain text,

@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # train_tiny.py and sample.py are importable as modules
 sys.path.insert(1, os.path.join(ROOT, "bench"))  # and the benchmarks, as their scripts import each other
 
-from mini_dlm.plumbing.checkpoint import save_checkpoint  # noqa: E402
 from mini_dlm.data import DEFAULT_DATA  # noqa: E402
 from mini_dlm.model import ModelConfig, Transformer  # noqa: E402
+from mini_dlm.plumbing.checkpoint import new_model, save_checkpoint  # noqa: E402
 from mini_dlm.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def tiny_model(objective="mdm", vocab_size=64, seq_len=48, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=2, n_head=2, n_embd=32,
                       mask_id=vocab_size - 1, objective=objective, **kw)
-    return Transformer(cfg).eval()
+    return new_model(cfg).eval()
 
 
 def spread(model, scale=12.0):
@@ -79,3 +79,10 @@ def record(steps, history):
     for n, step in enumerate(steps, 1):
         history.append((n, step.block, step.x.clone(), step.committed.clone()))
         yield step
+
+
+def flat(op, logits, tokens, eligible, k=None, seed=0, scores=None, **rule):
+    """op (ops.unmask or ops.unmask_reference) with its Rule's fields given as keywords, as one
+    dict of a test's cases can give them (k, seed, scores stay per call)."""
+    from mini_dlm.ops import Rule
+    return op(logits, tokens, eligible, Rule(**rule), k, seed, scores)

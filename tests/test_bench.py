@@ -48,6 +48,7 @@ def test_forward_cost_counts_cached_keys():
     x = torch.randint(0, 60, (2, 32))
     kv = KVCache(model.config.n_layer, torch.zeros(2, dtype=torch.long), 8, suffix_from=16)
     model(x, cache=kv)  # records the prefix and the suffix
+    kv.start_reading()
     backend.set_backend("torch")
     try:
         with count_forwards(model) as log:
@@ -63,7 +64,7 @@ def test_forward_cost_counts_cached_keys():
 def test_count_forwards_logs_every_pass_of_a_generation():
     model = tiny_model("mdm", seq_len=48)
     with count_forwards(model) as log:
-        _, stats = finish(generate(model, [[1, 2, 3], [4, 5]], gen_len=16, block_len=8, threshold=0.5, cache="dual"))
+        _, stats = finish(generate(model, [[1, 2, 3], [4, 5]], Decoding(block_len=8, threshold=0.5, cache="dual"), gen_len=16))
     assert len(log.flops) == stats["forward_passes"]
     B, L, b = 2, 3 + 16, 8
     full, cached = 2, stats["forward_passes"] - 2  # one full pass per block, the rest over the block
@@ -192,7 +193,7 @@ def test_analytic_passes_match_a_real_run(config):
         if config == "ar":
             finish(generate_ar(model, prompts, gen_len=G))
         else:
-            finish(generate(model, prompts, gen_len=G, steps=G, block_len=b, cache=cache))
+            finish(generate(model, prompts, Decoding(steps=G, block_len=b, cache=cache), gen_len=G))
     predicted = analytic_log(model.config, config, 2, P, G, b, elem=4)
     assert predicted.flops == log.flops and predicted.weight_bytes == log.weight_bytes
     assert predicted.row_bytes == log.row_bytes and predicted.positions == log.positions

@@ -9,16 +9,17 @@ from test_cli import fails_cleanly, trained  # noqa: F401 (trained: a fixture)
 from mini_dlm.plumbing.checkpoint import save_checkpoint
 from mini_dlm.sampling.length import Daedal, forward_region, generate_dynamic, insert_masks, resize
 from mini_dlm.model import ModelConfig, Transformer
-from mini_dlm.sampler import finish, generate, make_canvas, stop_at
+from mini_dlm.sampler import Decoding, finish, generate, make_canvas
+from mini_dlm.sampling.length import stop_at
 
 PROMPTS = [[1, 2, 3], [4, 5], [9, 10, 11, 12, 13], [20], [30, 31]]
 EOT, M = 62, 63  # tiny_model: vocabulary 64, M the last id; end-of-text just below it, as in the tokenizer
 
 
-def daedal(model, prompts, **kw):
-    """generate_dynamic run to the end, DAEDAL's knobs given as keywords."""
+def daedal(model, prompts, generator=None, threshold=0.9, **kw):
+    """generate_dynamic run to the end, DAEDAL's knobs and the Decoding's given as keywords."""
     knobs = {name: kw.pop(name) for name in vars(Daedal()) if name in kw}
-    return finish(generate_dynamic(model, prompts, length=Daedal(**knobs), **kw))
+    return finish(generate_dynamic(model, prompts, Decoding(threshold=threshold, **kw), Daedal(**knobs), generator))
 
 
 @pytest.fixture(scope="module")
@@ -160,13 +161,13 @@ def test_stop_at_is_exact_and_stops_early(block_size, cache):
     every row holds id, with fewer passes (block diffusion: growth block by block)."""
     m = tiny_model("mdm", seq_len=48, block_size=block_size).double()
     prompts = [[1, 2, 3], [1, 2, 3]]
-    x, st = finish(generate(m, prompts, gen_len=32, steps=32, block_len=8, threshold=0.5, cache=cache))
+    opts = Decoding(steps=32, block_len=8, threshold=0.5, cache=cache)
+    x, st = finish(generate(m, prompts, opts, gen_len=32))
     P = 3
     stop = int(x[0, P])  # a token both rows write in their first block (same prompt, same model)
-    y, st2 = finish(stop_at(generate(m, prompts, gen_len=32, steps=32, block_len=8, threshold=0.5, cache=cache), stop, P))
+    y, st2 = finish(stop_at(generate(m, prompts, opts, gen_len=32), stop, P))
     assert torch.equal(y, x[:, :P + 8]) and st2["forward_passes"] < st["forward_passes"]
-    z, _ = finish(stop_at(generate(m, prompts, gen_len=32, steps=32, block_len=8, threshold=0.5, cache=cache),
-                          M - 1 if stop != M - 1 else 0, P))
+    z, _ = finish(stop_at(generate(m, prompts, opts, gen_len=32), M - 1 if stop != M - 1 else 0, P))
     if not (x[:, P:] == (M - 1 if stop != M - 1 else 0)).any(dim=1).all():
         assert torch.equal(z, x)  # never every row: the whole canvas
 

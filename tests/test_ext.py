@@ -10,7 +10,9 @@ import re
 import pytest
 import torch
 
+from conftest import flat
 from mini_dlm import ops
+from mini_dlm.ops import Rule
 from mini_dlm.plumbing import backend
 from mini_dlm.plumbing.checks import REMASKING
 
@@ -57,8 +59,8 @@ def fuzz_unmask(B, L, V, dtype, device):
                 {"factor": 1.0 + trial % 3}, {"factor": 1.0 + trial % 3, "factor_rule": "strict"}][rule]
         mode["demote"] = [int(logits.argmax(-1).flatten().mode().values)] if trial % 5 < 2 else []
         t1, e1 = tokens.clone(), eligible.clone()
-        n1 = ops.unmask_reference(logits, t1, e1, remasking=remasking, scores=scores, temperature=temperature, seed=trial,
-                                  banned=[V - 1], **mode)
+        n1 = flat(ops.unmask_reference, logits, t1, e1, remasking=remasking, scores=scores, temperature=temperature,
+                  seed=trial, banned=[V - 1], **mode)
         canvas = torch.zeros(B, L + 3, dtype=torch.long, device=device)
         t2, e2 = canvas[:, 2:L + 2], eligible.to(device)
         t2.copy_(tokens)
@@ -81,8 +83,8 @@ def test_unmask_fuzz_matches_reference(B, L, V, dtype, device):
 def test_unmask_empty_canvas_commits_nothing_on_both_backends(mode):
     """L = 0: every rule commits nothing, in the reference and the kernel alike."""
     for fn in (ops.unmask_reference, ext_unmask_public):
-        n = fn(torch.randn(2, 0, 5), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool),
-               banned=[4], **mode)
+        n = flat(fn, torch.randn(2, 0, 5), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool),
+                 banned=[4], **mode)
         assert torch.equal(n, torch.zeros(2, dtype=torch.long))
 
 
@@ -103,7 +105,7 @@ def test_unmask_tau_one_on_near_certain_rows(device, remasking):
     logits = torch.zeros(2, 8, 40)
     logits[:, :, 3] = 20.0
     tokens, eligible = torch.full((2, 8), 39), torch.ones(2, 8, dtype=torch.bool)
-    n_ref = ops.unmask_reference(logits, tokens.clone(), eligible.clone(), threshold=1.0, remasking=remasking, banned=[39])
+    n_ref = ops.unmask_reference(logits, tokens.clone(), eligible.clone(), Rule(threshold=1.0, remasking=remasking, banned=[39]))
     n_ext = ext_unmask(logits.to(device), tokens.to(device), eligible.to(device), [39], threshold=1.0, remasking=remasking)
     assert n_ref.tolist() == [1, 1] and n_ext.tolist() == [1, 1]
 
@@ -194,12 +196,11 @@ def test_public_unmask_accepts_what_the_reference_accepts():
     logits, tokens, eligible, scores = case(4, 2, 6, 11, torch.float32, 0.7)
     strided = logits.transpose(1, 2).contiguous().transpose(1, 2)  # same values, V not contiguous
     t1, e1, t2, e2 = tokens.clone(), eligible.clone(), tokens.clone(), eligible.clone()
-    n1 = ops.unmask_reference(logits, t1, e1, threshold=0.3, remasking="random", scores=scores, banned=[10])
+    n1 = ops.unmask_reference(logits, t1, e1, Rule(threshold=0.3, remasking="random", banned=[10]), scores=scores)
     backend.set_backend("ext")
     try:
-        n2 = ops.unmask(strided, t2, e2, threshold=0.3, remasking="random", scores=scores.float().double(), banned=[10])
-        n3 = ops.unmask(strided, tokens.clone(), eligible.clone(), threshold=0.3, remasking="random", scores=scores.float(),
-                        banned=[10])
+        n2 = ops.unmask(strided, t2, e2, Rule(threshold=0.3, remasking="random", banned=[10]), scores=scores.float().double())
+        n3 = ops.unmask(strided, tokens.clone(), eligible.clone(), Rule(threshold=0.3, remasking="random", banned=[10]), scores=scores.float())
     finally:
         backend.set_backend("auto")
     assert torch.equal(t1, t2) and torch.equal(e1, e2) and torch.equal(n1, n2)
@@ -302,10 +303,11 @@ def test_torch_compile_fullgraph_traces_a_cached_sampler_step():
     pad, pos = torch.tensor([0, 3]), torch.arange(24).expand(2, 24)
     cache = KVCache(model.config.n_layer, pad, 8, suffix_from=16)
     model(x, pos=pos, cache=cache)  # records the prefix and the suffix
+    cache.start_reading()
 
     def step(x, tokens, eligible):
         logits = model(x[:, 8:16], pos=pos[:, 8:16], cache=cache)
-        return ops.unmask(logits, tokens, eligible, threshold=0.2, banned=[63])
+        return ops.unmask(logits, tokens, eligible, Rule(threshold=0.2, banned=[63]))
 
     with torch.no_grad():
         t1, e1 = x[:, 8:16].clone(), torch.ones(2, 8, dtype=torch.bool)
@@ -325,8 +327,8 @@ def unmask_both(logits, tokens, eligible, banned, mode, remasking="low_confidenc
     strides, updated in place). -> (reference (tokens, eligible, counts), op's, on the CPU)."""
     cpu = {key: (val.cpu() if torch.is_tensor(val) else val) for key, val in mode.items()}
     t1, e1 = tokens.cpu().clone(), eligible.cpu().clone()
-    n1 = ops.unmask_reference(logits.cpu(), t1, e1, remasking=remasking, scores=None if scores is None else scores.cpu(),
-                              temperature=temperature, seed=seed, banned=banned, **cpu)
+    n1 = flat(ops.unmask_reference, logits.cpu(), t1, e1, remasking=remasking,
+              scores=None if scores is None else scores.cpu(), temperature=temperature, seed=seed, banned=banned, **cpu)
     n2 = ext_unmask(logits, tokens, eligible, banned, remasking=remasking, scores=scores, temperature=temperature, seed=seed,
                     **mode)
     return (t1, e1, n1), (tokens.cpu(), eligible.cpu(), n2.cpu())

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mini_dlm import ops
+from mini_dlm.ops import Rule
 from mini_dlm.plumbing import backend
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig, Transformer
@@ -78,9 +79,9 @@ def test_what_the_kernels_do_not_take_runs_the_reference_even_with_backend_ext()
     logits, tokens, eligible, _ = case(3, 2, 7, 40, torch.float64, 0.7)
     for lg, banned in ((logits, [39]), (logits.float(), list(range(20, 40)))):
         t1, e1, t2, e2 = tokens.clone(), eligible.clone(), tokens.cuda(), eligible.cuda()
-        n1 = ops.unmask_reference(lg, t1, e1, threshold=0.3, banned=banned)
+        n1 = ops.unmask_reference(lg, t1, e1, Rule(threshold=0.3, banned=banned))
         backend.reset_backends_ran()
-        n2 = ops.unmask(lg.cuda(), t2, e2, threshold=0.3, banned=banned)
+        n2 = ops.unmask(lg.cuda(), t2, e2, Rule(threshold=0.3, banned=banned))
         assert backend.backends_ran() == {"unmask": "torch"}
         assert torch.equal(t1, t2.cpu()) and torch.equal(n1, n2.cpu())
     for dtype, D in ((torch.float64, 64), (torch.bfloat16, 48)):
@@ -131,10 +132,11 @@ def test_a_cached_sampler_step_replays_in_a_cuda_graph():
     with torch.no_grad():
         cache = KVCache(cfg.n_layer, pad, 8, suffix_from=16)
         model(x, pos=pos, cache=cache)  # records the prefix and the suffix
+        cache.start_reading()
 
         def step(tokens, eligible):
             logits = model(x[:, 8:16], pos=pos[:, 8:16], cache=cache)
-            return ops.unmask(logits, tokens, eligible, threshold=0.2, banned=[63])
+            return ops.unmask(logits, tokens, eligible, Rule(threshold=0.2, banned=[63]))
 
         start = (x[:, 8:16].clone(), torch.ones(2, 8, dtype=torch.bool, device="cuda"))
         t_eager, e_eager = (t.clone() for t in start)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import record, tiny_model
 from mini_dlm.kvcache import KVCache
-from mini_dlm.sampler import canvas_positions, finish, generate, generate_ar, make_canvas
+from mini_dlm.sampler import Decoding, canvas_positions, finish, generate, generate_ar, make_canvas
 from test_ops import fastdllm_factor, strict_factor
 
 
@@ -53,15 +53,15 @@ def test_threshold_and_factor_match_fastdllm(threshold, factor, factor_rule, gen
     rule = {"factor_rule": factor_rule} if factor_rule else {}
     with torch.no_grad():
         expected, nfe = fastdllm_oracle(model, prompt, gen_len, block_len, model.config.mask_id, threshold, factor, **rule)
-    x, stats = finish(generate(model, prompt, gen_len=gen_len, block_len=block_len, threshold=threshold, factor=factor,
-                               **rule))
+    x, stats = finish(generate(model, prompt, Decoding(block_len=block_len, threshold=threshold, factor=factor, **rule),
+                               gen_len))
     assert torch.equal(x, expected)
     assert stats["forward_passes"] == nfe
 
 
 def test_tau_above_one_is_one_token_per_step():
     model = tiny_model(seed=1)
-    x, stats = finish(generate(model, [[3, 4, 5]] * 2, gen_len=16, steps=16, block_len=8, threshold=1.01))
+    x, stats = finish(generate(model, [[3, 4, 5]] * 2, Decoding(steps=16, block_len=8, threshold=1.01), gen_len=16))
     assert stats["forward_passes"] == 16 and stats["transfers"].tolist() == [[1, 1]] * 16
 
 
@@ -74,9 +74,8 @@ def test_parallel_decoding_invariants(cache, remasking):
     M, P, gen_len, block_len = model.config.mask_id, 4, 24, 8
     prompt = torch.randint(0, 63, (3, P), generator=torch.Generator().manual_seed(2))
     history = []
-    x, stats = finish(record(generate(model, prompt, gen_len=gen_len, steps=12, block_len=block_len, temperature=0.5,
-                                      remasking=remasking, threshold=0.4, cache=cache,
-                                      generator=torch.Generator().manual_seed(0)), history))
+    opts = Decoding(steps=12, block_len=block_len, temperature=0.5, remasking=remasking, threshold=0.4, cache=cache)
+    x, stats = finish(record(generate(model, prompt, opts, gen_len, torch.Generator().manual_seed(0)), history))
     assert not (x == M).any() and torch.equal(x[:, :P], prompt)
     prev, passes = torch.cat([prompt, torch.full((3, gen_len), M)], dim=1), [0, 0, 0]
     for _, b, x_s, committed in history:
@@ -104,6 +103,7 @@ def test_prefix_and_dual_caches_reproduce_the_full_forward_on_the_same_canvas():
         dual_kv, prefix_kv = KVCache(2, pad, lo, suffix_from=hi), KVCache(2, pad, lo)
         full = model(x, keep, pos, cache=dual_kv)  # records the keys/values before and after the block
         model(x, keep, pos, cache=prefix_kv)  # records those before it
+        dual_kv.start_reading(), prefix_kv.start_reading()
         dual = model(x[:, lo:hi], pos=pos[:, lo:hi], cache=dual_kv)
         prefix = model(x[:, lo:], pos=pos[:, lo:], cache=prefix_kv)
     torch.testing.assert_close(dual, full[:, lo:hi], atol=1e-10, rtol=0)
@@ -114,7 +114,8 @@ def test_prefix_and_dual_caches_reproduce_the_full_forward_on_the_same_canvas():
 @pytest.mark.parametrize("prompts", [[[5, 6, 7, 8, 9, 10, 11]], [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [14]], [[]]])
 def test_block_cache_equals_no_cache(threshold, prompts):
     model = tiny_model(seq_len=64, seed=4, block_size=8).double()
-    runs = [finish(generate(model, prompts, gen_len=24, block_len=8, threshold=threshold, cache=c)) for c in ("none", "block")]
+    runs = [finish(generate(model, prompts, Decoding(block_len=8, threshold=threshold, cache=c), gen_len=24))
+            for c in ("none", "block")]
     assert torch.equal(runs[0][0], runs[1][0])
     assert not (runs[1][0][:, -24:] == model.config.mask_id).any()
 
@@ -125,9 +126,10 @@ def test_batched_prompts_of_different_lengths_equal_one_at_a_time(cache, block_s
     """Rows finish a block at different passes; each computes what it would alone."""
     model = tiny_model(seq_len=64, seed=9, block_size=block_size).double()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
-    batched, stats = finish(generate(model, prompts, gen_len=16, steps=16, block_len=8, cache=cache, **rule))
+    opts = Decoding(steps=16, block_len=8, cache=cache, **rule)
+    batched, stats = finish(generate(model, prompts, opts, gen_len=16))
     for r, p in enumerate(prompts):
-        alone, _ = finish(generate(model, p, gen_len=16, steps=16, block_len=8, cache=cache, **rule))
+        alone, _ = finish(generate(model, p, opts, gen_len=16))
         assert torch.equal(batched[r, int(stats["pad"][r]):], alone[0])
 
 
@@ -142,9 +144,9 @@ def test_ar_batched_prompts_of_different_lengths_equal_one_at_a_time():
 def test_block_model_forward_pass_count():
     """Prompt prefill + the denoising passes + one cache write per finished block but the last."""
     model = tiny_model(seq_len=64, seed=4, block_size=8)
-    x, stats = finish(generate(model, [1, 2, 3], gen_len=24, steps=24, block_len=8, cache="block"))
+    x, stats = finish(generate(model, [1, 2, 3], Decoding(steps=24, block_len=8, cache="block"), gen_len=24))
     assert stats["forward_passes"] == 1 + 24 + 2
-    x, stats = finish(generate(model, [1, 2, 3], gen_len=24, steps=24, block_len=8, cache="none"))
+    x, stats = finish(generate(model, [1, 2, 3], Decoding(steps=24, block_len=8, cache="none"), gen_len=24))
     assert stats["forward_passes"] == 24
 
 
@@ -155,14 +157,14 @@ def test_block_model_forward_pass_count():
     ({"eot_id": 64}, "eot_id")])
 def test_bad_options_for_a_full_attention_model(kw, match):
     with pytest.raises(ValueError, match=match):
-        finish(generate(tiny_model(), [1, 2], gen_len=8, steps=8, block_len=8, **kw))
+        finish(generate(tiny_model(), [1, 2], Decoding(steps=8, block_len=8, **kw), gen_len=8))
 
 
 @pytest.mark.parametrize("kw, match", [({"cache": "dual"}, "full-attention"), ({"block_len": 16}, "--block-len 8")])
 def test_bad_options_for_a_block_model(kw, match):
     model = tiny_model(seq_len=64, block_size=8)
     with pytest.raises(ValueError, match=match):
-        finish(generate(model, [1, 2], gen_len=16, steps=16, **{"block_len": 8, **kw}))
+        finish(generate(model, [1, 2], Decoding(steps=16, **{"block_len": 8, **kw}), gen_len=16))
 
 
 @pytest.mark.parametrize("cache, block_size", [("prefix", 0), ("dual", 0), ("block", 8)])
@@ -170,5 +172,6 @@ def test_mask_token_never_emitted_with_caches(cache, block_size):
     model = tiny_model(seq_len=64, seed=1, block_size=block_size)
     with torch.no_grad():
         model.lm_head.weight[model.config.mask_id] = 100.0  # the raw logit of M would win everywhere
-    x, _ = finish(generate(model, [[1, 2], [3, 4, 5, 6]], gen_len=16, steps=16, block_len=8, threshold=0.5, cache=cache))
+    x, _ = finish(generate(model, [[1, 2], [3, 4, 5, 6]], Decoding(steps=16, block_len=8, threshold=0.5, cache=cache),
+                           gen_len=16))
     assert not (x[:, -16:] == model.config.mask_id).any()

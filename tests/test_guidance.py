@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import spread, tiny_model
+from mini_dlm.sampler import (CACHES, Decoding, NoCache, canvas_attention, canvas_positions, denoise, finish, generate,
+                              make_canvas)
+from mini_dlm.sampling.guidance import Guided, guide, strategy
 from mini_dlm.sampling.length import Daedal, forward_region, generate_dynamic
-from mini_dlm.sampling.guidance import Guided, guide
-from mini_dlm.sampler import CACHES, NoCache, canvas_attention, canvas_positions, denoise, finish, generate, make_canvas
 
 M = 63
 PROMPTS = [[3, 4, 5, 6, 7], [8, 9]]
@@ -19,6 +20,18 @@ def infill_canvas():
     x = torch.tensor([[1, 2, 3] + [M] * 6 + [4, 5, 6] + [M] * 4 + list(range(10, 20))] * 2)
     x[1, :3] = torch.tensor([20, 21, 22])
     return x
+
+
+def guided_generate(model, prompts, gen_len, **kw):
+    """generate with the Decoding of kw, guided when kw's cfg_scale is > 0 (guidance.strategy)."""
+    opts = Decoding(**kw)
+    return generate(model, prompts, opts, gen_len, strategy=strategy(opts))
+
+
+def guided_denoise(model, x, **kw):
+    """denoise with the Decoding of kw, guided when kw's cfg_scale is > 0."""
+    opts = Decoding(**kw)
+    return denoise(model, x, opts, strategy=strategy(opts))
 
 
 def separate_forwards(model, x, pad, start, lo, hi, scale):
@@ -75,11 +88,11 @@ def test_guide_keeps_the_mask_token_impossible():
     ("none", 0, None), ("prefix", 0, 0.3), ("dual", 0, 0.3), ("none", 8, None), ("block", 8, 0.3)])
 def test_scale_zero_is_no_guidance(cache, block_size, threshold):
     model = spread(tiny_model(seq_len=64, seed=1, block_size=block_size))
-    kw = dict(gen_len=16, steps=16, block_len=8, threshold=threshold, cache=cache)
-    plain, guided = (finish(generate(model, PROMPTS, **kw, **s)) for s in ({}, {"cfg_scale": 0.0}))
+    kw = dict(steps=16, block_len=8, threshold=threshold, cache=cache)
+    plain, guided = (finish(guided_generate(model, PROMPTS, 16, **kw, **s)) for s in ({}, {"cfg_scale": 0.0}))
     assert torch.equal(plain[0], guided[0]) and plain[1]["forward_passes"] == guided[1]["forward_passes"]
     kw = dict(block_len=8, threshold=threshold, cache=cache)
-    plain, guided = (finish(denoise(model, infill_canvas(), **kw, **s)) for s in ({}, {"cfg_scale": 0}))
+    plain, guided = (finish(guided_denoise(model, infill_canvas(), **kw, **s)) for s in ({}, {"cfg_scale": 0}))
     assert torch.equal(plain[0], guided[0])
 
 
@@ -94,9 +107,9 @@ def rows_per_forward(model):
 @pytest.mark.parametrize("cache", ["none", "dual"])
 def test_one_forward_of_twice_the_batch_per_step(cache):
     model = spread(tiny_model(seq_len=64, seed=2))
-    plain, _ = finish(generate(model, PROMPTS, gen_len=16, steps=16, block_len=8, cache=cache))
+    plain, _ = finish(generate(model, PROMPTS, Decoding(steps=16, block_len=8, cache=cache), gen_len=16))
     rows = rows_per_forward(model)
-    x, stats = finish(generate(model, PROMPTS, gen_len=16, steps=16, block_len=8, cache=cache, cfg_scale=2.0))
+    x, stats = finish(guided_generate(model, PROMPTS, 16, steps=16, block_len=8, cache=cache, cfg_scale=2.0))
     assert stats["forward_passes"] == len(rows) == 16 and set(rows) == {4}
     assert not (x == M).any() and torch.equal(x[:, :5], plain[:, :5])
     assert not torch.equal(x, plain)  # guidance changed the tokens
@@ -106,9 +119,8 @@ def test_one_forward_of_twice_the_batch_per_step(cache):
 def test_guided_block_cache_equals_guided_no_cache(threshold):
     """The exact block cache stays exact with guidance: it holds both halves of the batch."""
     model = spread(tiny_model(seq_len=64, seed=4, block_size=8), 4.0).double()
-    for run in (lambda c: generate(model, PROMPTS, gen_len=24, block_len=8, threshold=threshold, cache=c,
-                                   cfg_scale=1.5),
-                lambda c: denoise(model, infill_canvas(), block_len=8, threshold=threshold, cache=c, cfg_scale=1.5)):
+    for run in (lambda c: guided_generate(model, PROMPTS, 24, block_len=8, threshold=threshold, cache=c, cfg_scale=1.5),
+                lambda c: guided_denoise(model, infill_canvas(), block_len=8, threshold=threshold, cache=c, cfg_scale=1.5)):
         (a, _), (b, _) = finish(run("none")), finish(run("block"))
         assert torch.equal(a, b) and not (a == M).any()
 
@@ -122,7 +134,7 @@ def test_daedal_region_follows_the_formula_and_scale_zero_is_no_guidance():
     u = forward_region(model, torch.cat([torch.full_like(x[:, :P], M), x[:, P:]], dim=1), pad, P, g)
     torch.testing.assert_close(guided[..., :M], (u + 2 * (c - u))[..., :M], atol=1e-9, rtol=1e-9)
     d = Daedal(init_len=8, max_len=16, grow=8, tail=4, eot_threshold=0.05)
-    runs = [finish(generate_dynamic(model, PROMPTS, length=d, threshold=0.6, eot_id=10, **s))
+    runs = [finish(generate_dynamic(model, PROMPTS, Decoding(threshold=0.6, eot_id=10, **s), d))
             for s in ({}, {"cfg_scale": 0.0}, {"cfg_scale": 2.0})]
     assert torch.equal(runs[0][0], runs[1][0]) and not torch.equal(runs[0][0], runs[2][0])
 
@@ -131,6 +143,6 @@ def test_daedal_region_follows_the_formula_and_scale_zero_is_no_guidance():
 def test_bad_scales(scale):
     model = tiny_model()
     with pytest.raises(ValueError, match="--cfg-scale must be a finite number >= 0"):
-        finish(generate(model, [1, 2], gen_len=8, steps=8, block_len=8, cfg_scale=scale))
+        finish(guided_generate(model, [1, 2], 8, steps=8, block_len=8, cfg_scale=scale))
     with pytest.raises(ValueError, match="--cfg-scale must be a finite number >= 0"):
-        finish(generate_dynamic(model, [1, 2], cfg_scale=scale))
+        finish(generate_dynamic(model, [1, 2], Decoding(cfg_scale=scale)))

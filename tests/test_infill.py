@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import record, spread, tiny_model
+from mini_dlm.sampler import Decoding, NoCache, block_spans, denoise, finish, steps_per_block
 from mini_dlm.sampling.infill import infill, infill_canvas, parse_template, template_ids
-from mini_dlm.sampler import NoCache, block_spans, denoise, finish, steps_per_block
 
 M = 63  # tiny_model's mask id
 
@@ -72,8 +72,8 @@ def test_blanks_filled_fixed_text_untouched_blocks_in_order(cache, block_size, t
     x0 = canvas(2, [5, 6, 7], 5, [8] * 12, 3, [9, 10], rows=2)
     x0[1, 3] = 11  # rows may differ in their fixed text
     history = []
-    x, stats = finish(record(denoise(model, x0, block_len=8, threshold=threshold, cache=cache,
-                                     generator=torch.Generator().manual_seed(0)), history))
+    opts = Decoding(block_len=8, threshold=threshold, cache=cache)
+    x, stats = finish(record(denoise(model, x0, opts, generator=torch.Generator().manual_seed(0)), history))
     blank = x0 == M
     assert not (x == M).any() and torch.equal(x[~blank], x0[~blank])
     spans, blocks = block_spans(blank, 8), [b for _, b, _, _ in history]
@@ -95,14 +95,14 @@ def test_block_cache_equals_no_cache_when_infilling(pieces, threshold):
     model = spread(tiny_model(seq_len=64, seed=4, block_size=8), 4.0).double()  # outputs that depend on the context
     x0 = canvas(*pieces, rows=2)
     x0[1, x0[1] != M] += 1
-    runs = [finish(denoise(model, x0, block_len=8, threshold=threshold, cache=c)) for c in ("none", "block")]
+    runs = [finish(denoise(model, x0, Decoding(block_len=8, threshold=threshold, cache=c))) for c in ("none", "block")]
     assert torch.equal(runs[0][0], runs[1][0]) and not (runs[0][0] == M).any()
 
 
 def test_fewer_steps_are_shared_by_the_blocks():
     model = tiny_model(seq_len=64, seed=2)
     x0 = canvas([1, 2], 6, [3] * 4, 4, [5])  # blocks of 8 from column 2: 6 masks, then 4
-    x, stats = finish(denoise(model, x0, steps=5, block_len=8))
+    x, stats = finish(denoise(model, x0, Decoding(steps=5, block_len=8)))
     assert stats["forward_passes"] == 3 + 2  # ceil(5 * 6 / 10), ceil(5 * 4 / 10)
     assert stats["transfers"].flatten().tolist() == [2, 2, 2, 2, 2]
     assert not (x == M).any()
@@ -117,15 +117,15 @@ def test_a_full_attention_model_sees_the_right_side_a_block_model_only_its_block
     la, lb = (NoCache(full, x, pad, 3, 8).logits(x, 3, 11, 0) for x in (a, b))
     assert not torch.allclose(la, lb)
     blk = spread(tiny_model(seq_len=64, seed=5, block_size=8)).double()  # blank's block: columns 3..10
-    fills = [finish(denoise(blk, x, block_len=8))[0] for x in (a, b)]
+    fills = [finish(denoise(blk, x, Decoding(block_len=8)))[0] for x in (a, b)]
     assert torch.equal(fills[0][:, :11], fills[1][:, :11])
 
 
 def test_infill_entry_point_fills_a_template(tokenizer):
     model = tiny_model(vocab_size=tokenizer.vocab_size, seq_len=64, seed=1)
     x0 = infill_canvas(model, tokenizer, "ROMEO:{6} my lord.{3}", rows=2)
-    x, stats = finish(infill(model, tokenizer, "ROMEO:{6} my lord.{3}", rows=2, block_len=4, threshold=0.5,
-                             cache="dual"))
+    x, stats = finish(infill(model, tokenizer, "ROMEO:{6} my lord.{3}", Decoding(block_len=4, threshold=0.5, cache="dual"),
+                             rows=2))
     assert x.shape == x0.shape and not (x == tokenizer.mask_id).any()
     assert torch.equal(x[x0 != tokenizer.mask_id], x0[x0 != tokenizer.mask_id])
 
@@ -138,4 +138,4 @@ def test_infill_entry_point_fills_a_template(tokenizer):
 ])
 def test_bad_canvases(x0, kw, match):
     with pytest.raises(ValueError, match=match):
-        finish(denoise(tiny_model(), x0, **kw))
+        finish(denoise(tiny_model(), x0, Decoding(**kw)))

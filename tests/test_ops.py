@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from mini_dlm.plumbing import backend
 from mini_dlm.gumbel import gumbel_noise, uniform_hash
-from mini_dlm.ops import block_attention, unmask
+from conftest import flat
+from mini_dlm.ops import Rule, block_attention, unmask
 
 INF = float("inf")
 
@@ -93,7 +94,7 @@ def random_case(B=3, L=10, V=12, seed=0, scale=3.0, p_eligible=0.6):
 def run_both(logits, tokens, eligible, banned, **mode):
     expected, count = naive_unmask(logits, tokens, eligible, banned, **mode)
     t, e = tokens.clone(), eligible.clone()
-    n = unmask(logits, t, e, banned=banned, **mode)
+    n = flat(unmask, logits, t, e, banned=banned, **mode)
     return t, e, n, expected, count
 
 
@@ -191,11 +192,11 @@ def test_demoted_guesses_commit_after_all_others():
     seen = []
     for mode in ({"k": torch.tensor([1])}, {"threshold": 0.99}, {"k": torch.tensor([1])}, {"factor": 1.0}):
         before = eligible.clone()
-        unmask(logits, tokens, eligible, banned=[4], demote=[3], **mode)
+        flat(unmask, logits, tokens, eligible, banned=[4], demote=[3], **mode)
         seen.append((before & ~eligible)[0].nonzero().flatten().tolist())
     assert seen == [[2], [4], [1], [3]] and tokens.tolist() == [[0, 3, 1, 3, 2]]
     tokens, eligible = torch.tensor([[0, 4, 4, 4, 4]]), torch.tensor([[False, True, True, True, True]])
-    unmask(logits, tokens, eligible, k=torch.tensor([1]), banned=[4])  # without demote: the most confident
+    unmask(logits, tokens, eligible, Rule(banned=[4]), k=torch.tensor([1]))  # without demote: the most confident
     assert tokens.tolist() == [[0, 4, 4, 3, 4]]
 
 
@@ -212,31 +213,31 @@ def test_ties_go_to_lowest_position_and_lowest_token_id():
     logits = torch.zeros(1, 6, 5)
     logits[0, :, 2] = logits[0, :, 3] = 1.0  # tokens 2 and 3 tie everywhere; all positions tie
     tokens, eligible = torch.full((1, 6), 4), torch.tensor([[False, True, True, True, True, False]])
-    n = unmask(logits, tokens, eligible, k=torch.tensor([2]), banned=[4])
+    n = unmask(logits, tokens, eligible, Rule(banned=[4]), k=torch.tensor([2]))
     assert n.tolist() == [2] and tokens.tolist() == [[4, 2, 2, 4, 4, 4]]
-    n = unmask(logits, tokens, eligible, threshold=2.0, banned=[4])  # nothing reaches threshold: the best one only
+    n = unmask(logits, tokens, eligible, Rule(threshold=2.0, banned=[4]))  # nothing reaches threshold: the best one only
     assert n.tolist() == [1] and tokens.tolist() == [[4, 2, 2, 2, 4, 4]]
 
 
 def test_confidence_exactly_tau_is_committed():
     logits = torch.tensor([[[0.0, 0.0, 5.0], [0.0, 1.0, 5.0], [0.0, 0.0, 5.0]]])  # p = 0.5 exactly at 0 and 2
     tokens, eligible = torch.full((1, 3), 2), torch.ones(1, 3, dtype=torch.bool)
-    n = unmask(logits, tokens, eligible, threshold=0.5, banned=[2])
+    n = unmask(logits, tokens, eligible, Rule(threshold=0.5, banned=[2]))
     assert n.tolist() == [3]  # 0.5 >= 0.5 twice, and position 1 (p = 0.73) is the best
     tokens, eligible = torch.full((1, 3), 2), torch.ones(1, 3, dtype=torch.bool)
-    assert unmask(logits, tokens, eligible, threshold=0.5 + 1e-12, banned=[2]).tolist() == [1]
+    assert unmask(logits, tokens, eligible, Rule(threshold=0.5 + 1e-12, banned=[2])).tolist() == [1]
 
 
 def test_tau_one_commits_exactly_one_per_row():
     logits, tokens, eligible = random_case(B=4, L=16, seed=3)
     eligible[:, 0] = True
-    n = unmask(logits, tokens, eligible.clone(), threshold=1.0, banned=[11])
+    n = unmask(logits, tokens, eligible.clone(), Rule(threshold=1.0, banned=[11]))
     assert n.tolist() == [1, 1, 1, 1]
 
 
 def test_k_zero_and_k_above_count():
     logits, tokens, eligible = random_case(B=2, L=6, p_eligible=1.0)
-    n = unmask(logits, tokens.clone(), eligible.clone(), k=torch.tensor([0, 100]), banned=[11])
+    n = unmask(logits, tokens.clone(), eligible.clone(), Rule(banned=[11]), k=torch.tensor([0, 100]))
     assert n.tolist() == [0, 6]
 
 
@@ -251,7 +252,7 @@ def test_banned_ids_and_minus_inf_logits():
     assert torch.equal(t, expected) and not ((t == 7) | (t == 3) | (t[0] == 5)).any() and t[1, 2] == 6
     logits[1, 2, 6] = -INF  # nothing left to predict there
     with pytest.raises((ValueError, RuntimeError), match="no finite logit"):  # reference | compiled op
-        unmask(logits, tokens.clone(), eligible.clone(), k=torch.tensor([1, 1]), banned=[7, 3])
+        unmask(logits, tokens.clone(), eligible.clone(), Rule(banned=[7, 3]), k=torch.tensor([1, 1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -260,8 +261,8 @@ def test_half_precision_logits_select_like_their_float32_values(dtype):
     logits = logits.to(dtype)
     t1, e1 = tokens.clone(), eligible.clone()
     t2, e2 = tokens.clone(), eligible.clone()
-    n1 = unmask(logits, t1, e1, threshold=0.4, banned=[11])
-    n2 = unmask(logits.float(), t2, e2, threshold=0.4, banned=[11])
+    n1 = unmask(logits, t1, e1, Rule(threshold=0.4, banned=[11]))
+    n2 = unmask(logits.float(), t2, e2, Rule(threshold=0.4, banned=[11]))
     assert torch.equal(t1, t2) and torch.equal(n1, n2)
 
 
@@ -269,7 +270,7 @@ def test_temperature_uses_the_counter_based_gumbel_noise():
     logits, tokens, eligible = random_case(seed=7, p_eligible=1.0)
     B, L, V = logits.shape
     t = tokens.clone()
-    unmask(logits, t, eligible.clone(), k=torch.full((B,), L), temperature=0.8, seed=99, banned=[11])
+    unmask(logits, t, eligible.clone(), Rule(temperature=0.8, banned=[11]), k=torch.full((B,), L), seed=99)
     g = gumbel_noise(99, torch.arange(B * L), V).view(B, L, V)
     expected = (logits.double().masked_fill(torch.arange(V) == 11, -INF) + 0.8 * g).argmax(-1)
     assert torch.equal(t, expected)
@@ -278,8 +279,7 @@ def test_temperature_uses_the_counter_based_gumbel_noise():
 def test_gumbel_max_samples_the_softmax():
     n, row = 20000, torch.tensor([1.0, 0.0, -1.0, 2.0, 9.0])  # token 4 plays the (banned) mask
     tokens = torch.full((1, n), 4)
-    unmask(row.expand(1, n, 5).clone(), tokens, torch.ones(1, n, dtype=torch.bool), k=torch.tensor([n]),
-           temperature=1.0, seed=5, banned=[4])
+    unmask(row.expand(1, n, 5).clone(), tokens, torch.ones(1, n, dtype=torch.bool), Rule(temperature=1.0, banned=[4]), k=torch.tensor([n]), seed=5)
     freq = torch.bincount(tokens[0], minlength=5).double() / n
     assert freq[4] == 0
     assert torch.allclose(freq[:4], torch.softmax(row[:4].double(), -1), atol=0.012)
@@ -313,7 +313,7 @@ def test_unmask_rejects_bad_arguments(bad, match):
     if args["k"] is None:
         del args["k"]
     with pytest.raises(ValueError, match=match):
-        unmask(logits, tokens, eligible, **args)
+        flat(unmask, logits, tokens, eligible, **args)
 
 
 # ---- block_attention ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from test_cli import fails_cleanly
 
 @pytest.mark.parametrize("name", list(train_tiny.PRESETS))
 def test_preset_values_are_used(name):
-    args = train_tiny.parse_args(["--preset", name, "--device", "cpu"])
+    args = train_tiny.parse_args(["--preset", name, "--device", "cpu"])[0]
     assert args.preset == name
     for key, value in train_tiny.PRESETS[name].items():
         assert getattr(args, key) == value, key
@@ -20,7 +20,7 @@ def test_preset_values_are_used(name):
 
 def test_flags_given_win_over_the_preset():
     preset = train_tiny.PRESETS["cpu"]
-    args = train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--n-layer", "7", "--lr", "0.0123"])
+    args = train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--n-layer", "7", "--lr", "0.0123"])[0]
     assert (args.n_layer, args.lr) == (7, 0.0123)
     assert (args.n_embd, args.seq_len, args.max_iters) == (preset["n_embd"], preset["seq_len"], preset["max_iters"])
 
@@ -28,21 +28,21 @@ def test_flags_given_win_over_the_preset():
 def test_a_flag_given_its_default_value_still_wins():
     """--seq-len 512 is the parser's default, but given on the command line it beats the preset's 64;
     --task sets --seq-len to the row length only where --seq-len is not given."""
-    assert train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--seq-len", "512"]).seq_len == 512
+    assert train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--seq-len", "512"])[0].seq_len == 512
     row = train_tiny.SUDOKUS["sudoku6"].prompt_len + train_tiny.SUDOKUS["sudoku6"].answer_len
-    assert train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--task", "sudoku6"]).seq_len == row
-    given = train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--task", "sudoku6", "--seq-len", "64"])
+    assert train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--task", "sudoku6"])[0].seq_len == row
+    given = train_tiny.parse_args(["--preset", "cpu", "--device", "cpu", "--task", "sudoku6", "--seq-len", "64"])[0]
     assert given.seq_len == 64  # kept, so that check_flags can refuse it
 
 
 def test_auto_picks_the_device_preset_and_none_keeps_the_defaults():
-    auto = train_tiny.parse_args(["--device", "cpu"])
+    auto = train_tiny.parse_args(["--device", "cpu"])[0]
     assert auto.preset == "cpu" and auto.max_iters == train_tiny.PRESETS["cpu"]["max_iters"]
-    none = train_tiny.parse_args(["--preset", "none", "--device", "cpu"])
+    none = train_tiny.parse_args(["--preset", "none", "--device", "cpu"])[0]
     defaults = train_tiny.get_parser().parse_args([])
     assert none.preset == "none" and none.max_iters == defaults.max_iters and none.n_embd == defaults.n_embd
     if not torch.cuda.is_available():
-        assert train_tiny.parse_args([]).preset == "cpu"
+        assert train_tiny.parse_args([])[0].preset == "cpu"
 
 
 def test_unknown_preset_is_one_line(capsys):

@@ -14,7 +14,8 @@ import torch
 
 from conftest import record, tiny_model
 from mini_dlm.ops import descending_rank
-from mini_dlm.sampler import check_schedule, finish, generate, generate_ar, num_transfer_tokens
+from mini_dlm.plumbing.checks import check_schedule
+from mini_dlm.sampler import Decoding, finish, generate, generate_ar, num_transfer_tokens
 
 
 def llada_oracle(model, prompt, steps, gen_length, block_length, mask_id):
@@ -50,7 +51,7 @@ def test_matches_llada_reference_at_temperature_zero(gen_len, steps, block_len):
     prompt = torch.randint(0, 63, (3, 7), generator=torch.Generator().manual_seed(steps))
     with torch.no_grad():
         expected = llada_oracle(model, prompt, steps, gen_len, block_len, model.config.mask_id)
-    x, stats = finish(generate(model, prompt, gen_len=gen_len, steps=steps, block_len=block_len))
+    x, stats = finish(generate(model, prompt, Decoding(steps=steps, block_len=block_len), gen_len=gen_len))
     assert torch.equal(x, expected)
     assert stats["forward_passes"] == steps
 
@@ -59,7 +60,7 @@ def test_ties_commit_lowest_position_first():
     model = tiny_model()
     torch.nn.init.zeros_(model.lm_head.weight)  # every logit 0: all confidences tie
     seen = []
-    for step in generate(model, [5, 6], gen_len=8, steps=4, block_len=8):
+    for step in generate(model, [5, 6], Decoding(steps=4, block_len=8), gen_len=8):
         seen.append(step.committed[0].nonzero().flatten().tolist())
     assert seen == [[2, 3], [4, 5], [6, 7], [8, 9]]
 
@@ -71,9 +72,8 @@ def test_invariants(remasking, temperature):
     prompt = torch.randint(0, 63, (4, P), generator=torch.Generator().manual_seed(1))
     history = []
 
-    x, stats = finish(record(generate(model, prompt, gen_len=gen_len, steps=steps, block_len=block_len,
-                                      temperature=temperature, remasking=remasking,
-                                      generator=torch.Generator().manual_seed(0)), history))
+    opts = Decoding(steps=steps, block_len=block_len, temperature=temperature, remasking=remasking)
+    x, stats = finish(record(generate(model, prompt, opts, gen_len, torch.Generator().manual_seed(0)), history))
     assert torch.equal(x[:, :P], prompt)  # prompt untouched
     assert not (x == M).any()  # no mask left
     assert stats["forward_passes"] == steps == len(history)
@@ -94,7 +94,7 @@ def test_invariants(remasking, temperature):
 
 def test_temperature_sampling_is_seeded():
     model = tiny_model(seed=2)
-    run = lambda seed: finish(generate(model, [1, 2, 3], gen_len=16, steps=16, block_len=8, temperature=1.0,
+    run = lambda seed: finish(generate(model, [1, 2, 3], Decoding(steps=16, block_len=8, temperature=1.0), gen_len=16,
                                        generator=torch.Generator().manual_seed(seed)))[0]
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -104,7 +104,7 @@ def test_mask_token_never_emitted_even_if_the_model_favours_it():
     model = tiny_model()
     with torch.no_grad():
         model.lm_head.weight[model.config.mask_id] = 100.0  # the raw logit of M would win everywhere
-    x, _ = finish(generate(model, [1, 2], gen_len=8, steps=8, block_len=8))
+    x, _ = finish(generate(model, [1, 2], Decoding(steps=8, block_len=8), gen_len=8))
     assert not (x == model.config.mask_id).any()
 
 
@@ -136,7 +136,7 @@ RULES = [{}, {"threshold": 0.5}, {"factor": 1.0}, {"factor": 1.0, "factor_rule":
 def test_logits_eos_inf_never_commits_end_of_text(rule):
     model = ProposesEndOfText(tiny_model(seed=3), eot=62)
     prompts = [[1, 2, 3, 4], [5, 6, 7, 8]]  # unpadded: position = column
-    run = lambda **kw: finish(generate(model, prompts, gen_len=16, block_len=8, **rule, **kw))[0][:, 4:]  # noqa: E731
+    run = lambda **kw: finish(generate(model, prompts, Decoding(block_len=8, **rule, **kw), 16))[0][:, 4:]  # noqa: E731
     assert (run() == 62).sum() >= 8  # every even position, at least
     assert not (run(logits_eos_inf=True) == 62).any()
 
@@ -151,7 +151,7 @@ def test_confidence_eos_eot_inf_commits_end_of_text_last_in_each_block(rule):
     def commit_steps(**kw):
         """-> (B, 16) the step at which each generated position was committed, and the tokens."""
         history = []
-        x, _ = finish(record(generate(model, prompts, gen_len=16, block_len=block_len, **rule, **kw), history))
+        x, _ = finish(record(generate(model, prompts, Decoding(block_len=block_len, **rule, **kw), 16), history))
         when = torch.stack([n * committed[:, 4:] for n, _, _, committed in history]).sum(dim=0)
         return when, x[:, 4:]
 
@@ -185,12 +185,12 @@ def test_bad_schedule(gen_len, steps, block_len, msg):
 def test_prompt_with_mask_token_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="mask token"):
-        finish(generate(model, [1, model.config.mask_id, 2], gen_len=8, steps=8, block_len=8))
+        finish(generate(model, [1, model.config.mask_id, 2], Decoding(steps=8, block_len=8), gen_len=8))
 
 
 def test_prompt_longer_than_context():
     model = tiny_model(seq_len=48)
     with pytest.raises(ValueError, match="context"):
-        finish(generate(model, list(range(40)), gen_len=16, steps=16, block_len=16))
+        finish(generate(model, list(range(40)), Decoding(steps=16, block_len=16), gen_len=16))
     with pytest.raises(ValueError, match="context"):
         finish(generate_ar(tiny_model("ar", seq_len=48), list(range(40)), gen_len=16))

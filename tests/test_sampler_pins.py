@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import spread, tiny_model
-from mini_dlm.sampling.length import Daedal, generate_dynamic
-from mini_dlm.sampler import finish, generate, generate_ar, stop_at
+from mini_dlm.sampler import Decoding, finish, generate, generate_ar
+from mini_dlm.sampling.length import Daedal, generate_dynamic, stop_at
 
 PINS = json.load(open(os.path.join(os.path.dirname(__file__), "sampler_pins.json")))
 PROMPTS = [[3, 4, 5], [6, 7]]
@@ -24,11 +24,11 @@ def g():
 def runs():
     full, blk, ar = spread(tiny_model()), spread(tiny_model(block_size=8, seed=1)), spread(tiny_model("ar", seed=2))
 
-    def diffusion(model, prompts=PROMPTS, gen_len=16, steps=16, **kw):
-        return lambda: finish(generate(model, prompts, gen_len=gen_len, steps=steps, block_len=8, **kw))
+    def diffusion(model, prompts=PROMPTS, gen_len=16, steps=16, generator=None, **kw):
+        return lambda: finish(generate(model, prompts, Decoding(steps, 8, **kw), gen_len, generator))
 
-    def daedal(**kw):
-        return lambda: finish(generate_dynamic(full, PROMPTS, **kw))
+    def daedal(length, generator=None, **kw):
+        return lambda: finish(generate_dynamic(full, PROMPTS, Decoding(**kw), length, generator))
 
     runs = {f"schedule {r}": diffusion(full, remasking=r, generator=g())
             for r in ("low_confidence", "margin", "entropy", "random")}
@@ -47,7 +47,7 @@ def runs():
     runs["block model empty prompt random block cache"] = diffusion(blk, [[]], 24, 24, remasking="random",
                                                                     generator=g(), cache="block")
     runs["block model stop_at"] = lambda: finish(stop_at(  # 54: a token both rows write
-        generate(blk, PROMPTS, gen_len=40, steps=40, block_len=8, threshold=0.2, cache="block"), 54, 3))
+        generate(blk, PROMPTS, Decoding(steps=40, block_len=8, threshold=0.2, cache="block"), gen_len=40), 54, 3))
     runs["ar greedy"] = lambda: finish(generate_ar(ar, PROMPTS, gen_len=12))
     runs["ar temperature 0.8"] = lambda: finish(generate_ar(ar, PROMPTS, gen_len=12, temperature=0.8, generator=g()))
     runs["daedal"] = daedal(length=Daedal(init_len=8, max_len=24, grow=8, tail=4, eot_threshold=0.05, low_threshold=0.5,

@@ -4,6 +4,7 @@ disjoint and deterministic splits, the answer checks, the answer-only losses.
     python -m pytest -q tests/test_tasks.py
 """
 
+import functools
 import itertools
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_model
+from mini_dlm.diffusion import forward_process, loss_fn
 from mini_dlm.tasks import sudoku as tasks
-from mini_dlm.diffusion import ar_loss, forward_process, keep_prompt, loss_fn
+from mini_dlm.tasks.rows import answer_loss, keep_prompt
 from mini_dlm.tokenizer import Tokenizer
 
 S4, S6, S6_MIN = tasks.SUDOKUS["sudoku4"], tasks.SUDOKUS["sudoku6"], tasks.SUDOKUS["sudoku6-min"]
@@ -145,12 +147,13 @@ def test_prompt_is_never_masked_nor_scored():
     x = torch.randint(0, 60, (3, 11))
     logits = model(x[:, :-1])
     by_hand = F.cross_entropy(logits[:, 3:9].flatten(0, 1), x[:, 4:10].flatten())  # targets in columns 4..9
-    assert torch.allclose(ar_loss(model, x, prompt_len=4), by_hand)
+    assert torch.allclose(answer_loss(model, x, None, None, prompt_len=4), by_hand)
     mdm = tiny_model("mdm", seq_len=10)
     y = x.clone()
     y[:, :4] = torch.randint(0, 60, (3, 4))  # another prompt changes the loss, another answer too ...
-    a = loss_fn(mdm, x, torch.Generator().manual_seed(0), prompt_len=4)
-    assert a != loss_fn(mdm, y, torch.Generator().manual_seed(0), prompt_len=4)
+    answer = functools.partial(answer_loss, prompt_len=4)
+    a = loss_fn(mdm, x, torch.Generator().manual_seed(0), loss=answer)
+    assert a != loss_fn(mdm, y, torch.Generator().manual_seed(0), loss=answer)
     z = x.clone()
     z[:, 10] = 5  # ... but the last column (a task row's filler) does not
-    assert a == loss_fn(mdm, z, torch.Generator().manual_seed(0), prompt_len=4)
+    assert a == loss_fn(mdm, z, torch.Generator().manual_seed(0), loss=answer)

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mini_dlm.diffusion import forward_process, keep_prompt
+from mini_dlm.diffusion import forward_process
+from mini_dlm.tasks.rows import keep_prompt
 from mini_dlm.ops import descending_rank
 from mini_dlm.sampler import num_transfer_tokens
 

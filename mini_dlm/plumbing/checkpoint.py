@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 import torch
 
+from mini_dlm.conversion.token_shift import TokenShiftTransformer
 from mini_dlm.model import ModelConfig, Transformer
 from mini_dlm.tokenizer import Tokenizer
 
@@ -76,6 +77,11 @@ def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_config=N
     }, path)
 
 
+def new_model(cfg):
+    """A freshly initialised model of config cfg: the Transformer, or its token-shift subclass."""
+    return (TokenShiftTransformer if cfg.token_shift else Transformer)(cfg)
+
+
 def load_checkpoint(path, device="cpu", flag=None):
     """-> (model in eval mode on device, tokenizer, the raw checkpoint dict). Errors name flag,
     the command-line flag path came from, if given."""
@@ -84,7 +90,7 @@ def load_checkpoint(path, device="cpu", flag=None):
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{who}: not a mini_dlm checkpoint (expected format {FORMAT!r})")
     try:
-        model = Transformer(ModelConfig(**ckpt["model_config"]))
+        model = new_model(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
         tokenizer = Tokenizer.from_dict(ckpt["tokenizer"])
     except (KeyError, TypeError, RuntimeError) as e:

@@ -31,16 +31,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         die(f"{self.prog}: {message}")
 
-    def parse_given(self, argv=None):
-        """parse_args(argv), and the set of dests whose flags argv gives (also when it gives a flag
-        its default value). argparse fills in a default only where the namespace has no value yet,
-        so a namespace that starts with a marker in every dest keeps the marker where nothing was
-        given. (Not for action="append" flags, which would append to the marker.)"""
-        unset = object()
-        marked = argparse.Namespace(**{a.dest: unset for a in self._actions if a.dest != argparse.SUPPRESS})
-        given = {k for k, v in vars(self.parse_args(argv, marked)).items() if v is not unset}
-        return self.parse_args(argv), given
-
     def add_device_flag(self, group=None, default="auto"):
         """--device, alike in every script (into group, an argument group of this parser, if given)."""
         (group or self).add_argument("--device", default=default, choices=("auto", "cpu", "cuda"),
@@ -53,13 +43,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_quick(parser, argv, quick):
-    """parser's flags; with --quick, the values of quick (dest -> value) for the flags argv does not give."""
-    args, given = parser.parse_given(argv)
-    if args.quick:
-        for k, v in quick.items():
-            if k not in given:
-                setattr(args, k, v)
-    return args
+    """parser's flags; with --quick, the values of quick (dest -> value) are the defaults, so
+    that a flag given still wins."""
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**quick)
+    return parser.parse_args(argv)
 
 
 def die(message, code=2):

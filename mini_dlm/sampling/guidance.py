@@ -16,18 +16,16 @@ them.
 Both halves run as one forward over 2B rows, rows 0..B-1 conditional and B..2B-1
 unconditional: a step costs one forward of twice the batch, and counts as one pass. Guided
 does it around any of the sampler's cache strategies (mini_dlm/sampler.py), which simply see
-a batch of 2B rows, so a KV cache holds both halves.
+a batch of 2B rows, so a KV cache holds both halves. The sampler takes it as its strategy:
+
+    generate(model, prompts, opts, strategy=guidance.strategy(opts))   # opts.cfg_scale > 0
 """
 
-import math
+from functools import partial
 
 import torch
 
-
-def check_cfg_scale(scale):
-    """ValueError unless scale is a finite number >= 0."""
-    if not (isinstance(scale, (int, float)) and 0 <= scale < math.inf):
-        raise ValueError(f"--cfg-scale must be a finite number >= 0, got {scale}")
+from mini_dlm.sampler import CACHES
 
 
 def with_unconditional(x, fixed, mask_id):
@@ -64,5 +62,11 @@ class Guided:
         """The block's guided logits (B, hi - lo, V) at its step i: one forward of 2B rows."""
         return guide(self.inner.logits(self.both(x), lo, hi, i), self.scale, self.mask_id)
 
-    def block_done(self, x, lo, hi):
-        self.inner.block_done(self.both(x), lo, hi)
+    def after_block(self, x, lo, hi):
+        self.inner.after_block(self.both(x), lo, hi)
+
+
+def strategy(opts):
+    """What sampler.denoise needs as its strategy for the Decoding opts: Guided around the cache
+    opts names when opts.cfg_scale > 0, else None (the cache's own strategy)."""
+    return partial(Guided, CACHES[opts.cache], scale=opts.cfg_scale) if opts.cfg_scale else None

@@ -7,7 +7,7 @@ A template becomes one canvas: each piece of fixed text is tokenized on its own 
 straddles a blank's edge) and each blank becomes N mask tokens, [text, M * N, text, ...].
 sampler.denoise then fills it: only the blanks' positions are eligible, so the fixed text
 never changes, and the blocks run left to right over the span from the first blank to the end
-of the last (notes/00-spec.md section 3, "Infilling"). An AR model cannot infill: it never
+of the last (notes/appendix-spec.md section 3, "Infilling"). An AR model cannot infill: it never
 sees the text to the right of a blank.
 
 A full-attention model sees the whole template at every step, text after the last blank
@@ -20,7 +20,8 @@ import re
 
 import torch
 
-from mini_dlm.sampler import denoise
+from mini_dlm.sampler import Decoding, denoise
+from mini_dlm.sampling import guidance
 
 BLANK = re.compile(r"\{(\d+)\}")
 
@@ -68,9 +69,10 @@ def infill_canvas(model, tokenizer, text, rows=1):
     return torch.tensor(ids, device=next(model.parameters()).device).repeat(rows, 1)
 
 
-def infill(model, tokenizer, text, *, rows=1, **kw):
+def infill(model, tokenizer, text, opts=Decoding(), rows=1, generator=None):
     """A generator of Steps that fills the template's blanks in `rows` identical rows:
-    sampler.denoise on infill_canvas, with denoise's keywords (steps: default one blank token
-    per step). The canvas's first column is the template's first token, so Step.x is the
-    filled template."""
-    return denoise(model, infill_canvas(model, tokenizer, text, rows), **kw)
+    sampler.denoise on infill_canvas with the Decoding opts (steps: default one blank token per
+    step; guidance with opts.cfg_scale > 0). The canvas's first column is the template's first
+    token, so Step.x is the filled template."""
+    canvas = infill_canvas(model, tokenizer, text, rows)
+    return denoise(model, canvas, opts, generator=generator, strategy=guidance.strategy(opts))

@@ -1,5 +1,6 @@
 """
-Variable-length generation for full-attention diffusion models: DAEDAL (Li et al. 2025,
+Variable length (notes 07). A block-diffusion model grows block by block until every row has
+written end-of-text (stop_at). A full-attention model uses DAEDAL (Li et al. 2025,
 "Beyond Fixed: Variable-Length Denoising for Diffusion LLMs"), notes/00-spec.md section 7.
 
 A fixed --gen-len is a guess: too short and the text is cut, too long and the model pads the
@@ -30,10 +31,23 @@ from dataclasses import dataclass
 
 import torch
 
-from mini_dlm.sampling.guidance import check_cfg_scale, guide, with_unconditional
-from mini_dlm.plumbing.checks import check_remasking
 from mini_dlm.ops import confidence, unmask
-from mini_dlm.sampler import Step, canvas_attention, canvas_positions, end_of_text, make_canvas, step_noise
+from mini_dlm.plumbing.checks import check_daedal, end_of_text
+from mini_dlm.sampler import Step, canvas_attention, canvas_positions, make_canvas, step_noise
+from mini_dlm.sampling.guidance import guide, with_unconditional
+
+
+def stop_at(steps, token, start):
+    """Pass a sampler's steps on until a block finishes that leaves every row with `token` (an
+    end-of-text) among its generated tokens (columns start ..); that last Step's canvas is cut
+    after the block. Exact: a finished block never changes, and the blocks before it were
+    computed on the same canvas. For a block-diffusion model this is growth block by block."""
+    for step in steps:
+        end = step.block_end
+        if step.block_done and (step.x[:, start:end] == token).any(dim=1).all():
+            yield Step(step.x[:, :end], step.committed[:, :end], step.block, step.passes, step.pad, end, True, step.info)
+            return
+        yield step
 
 
 @dataclass
@@ -127,24 +141,25 @@ def least_confident(logits, eligible, M):
     return c.masked_fill(~eligible, float("inf")).min(dim=1)
 
 
-def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, threshold, temperature, remasking, generator,
-                            cfg_scale=0.0, demote=()):
-    """Stage 2: commit by threshold (or one per pass) over each unfinished row's region, turning
-    a lost position into d.insert masks; yields a Step after every pass. passes: stage 1's."""
+def denoise_with_insertions(model, grown, pad, P, opts, d, generator=None):
+    """Stage 2: commit by opts.threshold (or one per pass) over each unfinished row's region,
+    turning a lost position into d.insert masks; yields a Step after every pass. grown: stage
+    1's (x, g, logits, passes); its logits serve the first pass."""
+    x, g, logits, passes = grown
     M, B, insertions, length_passes = model.config.mask_id, x.shape[0], 0, passes
-    rows = torch.arange(B, device=x.device)  # the unfinished rows; the first pass reuses stage 1's logits
+    eot = end_of_text(model, opts.eot_id)
+    rule = opts.rule(M, eot)
+    rows = torch.arange(B, device=x.device)  # the unfinished rows
     while len(rows):
         G = int(g[rows].max())
         region = x[rows, P:P + G]  # (b, G) a copy, written back below
         eligible = region == M
-        noise = step_noise(remasking, temperature, generator, eligible)
+        seed, scores = step_noise(rule, generator, eligible)
         if d.low_threshold is not None:  # where is each row least sure, before this pass commits?
             c_min, j_min = least_confident(logits, eligible, M)
             lost = (c_min < d.low_threshold) & (g[rows] + d.insert - 1 <= d.max_len)
-        rule = {"k": torch.ones_like(rows)} if threshold is None else {"threshold": threshold}
         before = eligible.clone()
-        unmask(logits, region, eligible, **rule, remasking=remasking, temperature=temperature, banned=[M],
-               demote=list(demote), **noise)
+        unmask(logits, region, eligible, rule, torch.ones_like(rows) if rule.threshold is None else None, seed, scores)
         x[rows, P:P + G] = region
         committed = torch.zeros_like(x, dtype=torch.bool)
         committed[rows, P:P + G] = before & ~eligible
@@ -155,33 +170,20 @@ def denoise_with_insertions(model, x, pad, P, g, logits, passes, d, eot, thresho
             insertions += n
         rows = (x[:, P:] == M).any(dim=1).nonzero().squeeze(1)
         if len(rows):
-            logits = forward_region(model, x[rows, :P + int(g[rows].max())], pad[rows], P, g[rows], cfg_scale)
+            logits = forward_region(model, x[rows, :P + int(g[rows].max())], pad[rows], P, g[rows], opts.cfg_scale)
             passes += 1
 
 
 @torch.no_grad()
-def generate_dynamic(model, prompts, *, length=Daedal(), threshold=0.9, temperature=0.0, remasking="low_confidence",
-                     cfg_scale=0.0, generator=None, eot_id=None, confidence_eos_eot_inf=False):
+def generate_dynamic(model, prompts, opts, length=Daedal(), generator=None):
     """DAEDAL (see the module docstring), yielding a Step after every denoising pass; the last
     one's info holds "length_passes" (stage 1), "insertions" and "lengths" (B,), each row's
-    final canvas length. prompts: as for sampler.make_canvas. eot_id: the tokenizer's
-    end-of-text (default: the id just below the mask token, as in mini_dlm's tokenizer). The
-    canvas is left-padded and right-padded with end-of-text. cfg_scale: classifier-free guidance
-    in every pass of both stages (mini_dlm/sampling/guidance.py). confidence_eos_eot_inf: LLaDA's switch,
-    a guess of end-of-text commits after every other guess of its row (sampler.denoise)."""
-    check_dynamic(model, threshold, remasking)
-    check_cfg_scale(cfg_scale)
+    final canvas length. prompts: as for sampler.make_canvas. opts: a sampler.Decoding whose
+    threshold (None: one token per pass), temperature, remasking, cfg_scale (guidance in every
+    pass of both stages), confidence_eos_eot_inf and eot_id apply (checks.check_daedal). The
+    canvas is left-padded and right-padded with end-of-text."""
+    eot = check_daedal(model, opts)
     x, pad = make_canvas(prompts, length.max_len, model)  # checks that prompt + max_len fits the context
-    P, eot = x.shape[1] - length.max_len, end_of_text(model, eot_id)
-    x, g, logits, passes = grow_canvas(model, x, pad, P, length, eot, cfg_scale)
-    yield from denoise_with_insertions(model, x, pad, P, g, logits, passes, length, eot, threshold, temperature,
-                                       remasking, generator, cfg_scale, [eot] if confidence_eos_eot_inf else [])
-
-
-def check_dynamic(model, threshold, remasking):
-    cfg = model.config
-    if cfg.objective != "mdm" or cfg.block_size:
-        raise ValueError("dynamic length needs a full-attention diffusion checkpoint (block-diffusion models: not yet)")
-    check_remasking(remasking)
-    if threshold is not None and not threshold > 0:
-        raise ValueError(f"--threshold must be > 0, got {threshold}")
+    P = x.shape[1] - length.max_len
+    grown = grow_canvas(model, x, pad, P, length, eot, opts.cfg_scale)
+    yield from denoise_with_insertions(model, grown, pad, P, opts, length, generator)
