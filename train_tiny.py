@@ -57,28 +57,7 @@ def get_parser():
     p.add_argument("--preset", choices=("auto", *PRESETS, "none"), default="auto", help="auto: the preset of "
                    "the device it runs on; " + "; ".join(f"{k}: {fmt_preset(v)}" for k, v in PRESETS.items()) +
                    "; none: the defaults below. Flags given override the preset")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=DEFAULT_DATA, help="UTF-8 text file; the shipped tiny Shakespeare")
-    g.add_argument("--out-dir", default="out", help="checkpoint and token-cache directory")
-    g.add_argument("--vocab-size", type=positive_int, default=2048, help="BPE vocabulary incl. 2 special tokens "
-                   f"(--tokenizer gpt2: {GPT2_VOCAB}; --task: {MIN_VOCAB}, its bytes)")
-    g.add_argument("--tokenizer", choices=("bpe", "gpt2"), default="bpe",
-                   help="bpe: trained here on --data; gpt2: tiktoken's GPT-2 (needs its files or network)")
-    g.add_argument("--docs", action="store_true", help="train on documents, one per row, ended and padded with "
-                   "end-of-text so the model learns where text ends (default: off, packed windows)")
-    g.add_argument("--doc-sep", type=escaped, default="\n\n", help="what separates documents with --docs, with "
-                   "backslash escapes (default: '\\n\\n', a blank line: one speech of the shipped corpus)")
-    g.add_argument("--train-tokens", type=positive_int, help="train on the first N tokens of the training split only, "
-                   "repeated for as many epochs as the run takes (with --docs or --task: the first N // row rows; "
-                   "default: all)")
-    g.add_argument("--task", choices=("sudoku6", "sudoku6-min", "sudoku9"), help="train on a generated task instead of --data (notes/08): "
-                   "rows of puzzle ':' solution, one byte = one token, the loss on the "
-                   "solution only; --seq-len becomes the row's length (default: off)")
-    g.add_argument("--task-train", type=positive_int, default=50_000, help="training puzzles of --task")
-    g.add_argument("--task-seed", type=int, default=0, help="the puzzles' seed; training, validation and held-out "
-                   "puzzles are three streams of it")
-    g.add_argument("--task-test", type=positive_int, default=TEST_POOL, help="held-out puzzles whose solution grids "
-                   "are kept out of training and validation (bench/task.py scores the first --n of them)")
+    data_flags(p.add_argument_group("data"))
     g = p.add_argument_group("model")
     g.add_argument("--objective", choices=OBJECTIVES, default="mdm", help="mdm: masked diffusion; ar: next-token baseline")
     g.add_argument("--block-size", type=non_negative_int, default=0, help="block diffusion (BD3-LM): blocks of N tokens, "
@@ -117,6 +96,31 @@ def get_parser():
     return p
 
 
+def data_flags(g):
+    """The data flags, into the argument group g."""
+    g.add_argument("--data", default=DEFAULT_DATA, help="UTF-8 text file; the shipped tiny Shakespeare")
+    g.add_argument("--out-dir", default="out", help="checkpoint and token-cache directory")
+    g.add_argument("--vocab-size", type=positive_int, default=2048, help="BPE vocabulary incl. 2 special tokens "
+                   f"(--tokenizer gpt2: {GPT2_VOCAB}; --task: {MIN_VOCAB}, its bytes)")
+    g.add_argument("--tokenizer", choices=("bpe", "gpt2"), default="bpe",
+                   help="bpe: trained here on --data; gpt2: tiktoken's GPT-2 (needs its files or network)")
+    g.add_argument("--docs", action="store_true", help="train on documents, one per row, ended and padded with "
+                   "end-of-text so the model learns where text ends (default: off, packed windows)")
+    g.add_argument("--doc-sep", type=escaped, default="\n\n", help="what separates documents with --docs, with "
+                   "backslash escapes (default: '\\n\\n', a blank line: one speech of the shipped corpus)")
+    g.add_argument("--train-tokens", type=positive_int, help="train on the first N tokens of the training split only, "
+                   "repeated for as many epochs as the run takes (with --docs or --task: the first N // row rows; "
+                   "default: all)")
+    g.add_argument("--task", choices=("sudoku6", "sudoku6-min", "sudoku9"), help="train on a generated task instead of --data (notes/08): "
+                   "rows of puzzle ':' solution, one byte = one token, the loss on the "
+                   "solution only; --seq-len becomes the row's length (default: off)")
+    g.add_argument("--task-train", type=positive_int, default=50_000, help="training puzzles of --task")
+    g.add_argument("--task-seed", type=int, default=0, help="the puzzles' seed; training, validation and held-out "
+                   "puzzles are three streams of it")
+    g.add_argument("--task-test", type=positive_int, default=TEST_POOL, help="held-out puzzles whose solution grids "
+                   "are kept out of training and validation (bench/task.py scores the first --n of them)")
+
+
 def escaped(s):
     """A flag value with backslash escapes ('\\n\\n' -> two newlines)."""
     try:
@@ -142,6 +146,8 @@ def parse_args(argv=None):
     device's) and those of --task (its row length and byte vocabulary) or --tokenizer gpt2."""
     parser = get_parser()
     first = parser.parse_known_args(argv)[0]
+    if first.init_from and first.resume:
+        raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
     if first.resume:
         resumed = load_checkpoint(os.path.join(first.out_dir, "ckpt.pt"), flag="--resume")  # (model, tokenizer, dict)
         saved = resumed[2]["train_config"]
@@ -178,8 +184,6 @@ def check_flags(args):
                              "--block-size, --complementary-masks")
     if args.complementary_masks and args.objective == "ar":
         raise ValueError("--complementary-masks is for diffusion training: an AR model masks nothing")
-    if args.init_from and args.resume:
-        raise ValueError("--init-from starts a new run and --resume continues one: give one of them")
     if args.min_lr > args.lr:
         raise ValueError(f"--min-lr {args.min_lr} is above --lr {args.lr}: the learning rate would rise as it decays")
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone, while the others wait to join it

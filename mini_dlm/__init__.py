@@ -1,17 +1,25 @@
 """mini_dlm: a minimal, educational masked diffusion language model.
 
-    model.py      the mask-predictor Transformer (full attention, block diffusion, AR twin)
-    diffusion.py  forward masking process, ELBO loss (and BD3-LM's block version), validation bound
-    sampler.py    LLaDA's reverse process, Fast-dLLM thresholds and caches; AR decoding
-    dynamic.py    DAEDAL variable length: grow the canvas, then denoise with insertions
-    ops.py        the two hot ops in plain PyTorch: unmask, block_attention (the kernels' spec)
-    op_args.py    the ops' argument checks
-    gumbel.py     counter-based Gumbel noise, the same on every device and backend
-    backend.py    compiled kernels (csrc/, mini_dlm._C) or the PyTorch references
-    kvcache.py    the KV cache the attention records into and reads from
-    tokenizer.py  byte-level BPE trained here, wrapped in tiktoken
-    data.py       corpus reading, split, token cache, batches
-    checkpoint.py atomic save, safe load
-    cli.py        what the scripts share
-    distributed.py torchrun + DistributedDataParallel: process group, rank 0, gradient average
+The core, in reading order (notes 01-05 teach it):
+    model.py       the mask-predictor Transformer (full attention, block diffusion, AR twin)
+    diffusion.py   the forward process and the ELBO loss (and BD3-LM's block version), validation bound
+    sampler.py     the reverse process: Decoding options, LLaDA's schedule, Fast-dLLM's threshold and
+                   factor rules, one strategy per KV cache; AR decoding
+    kvcache.py     the KV cache the attention records into and reads from
+    ops.py         the two hot ops in plain PyTorch, unmask and block_attention: the kernels' spec
+    tokenizer.py   byte-level BPE trained here, wrapped in tiktoken
+    data.py        corpus reading, split, token cache, batches
+
+What the later chapters add, hooked in from outside the core:
+    sampling/      variable length (length.py: DAEDAL, stop_at), infilling (infill.py),
+                   classifier-free guidance (guidance.py)                          notes 07-08
+    tasks/         generated Sudoku (sudoku.py) and its rows, loss and answers (rows.py)  notes 08
+    conversion/    AR-to-diffusion: --init-from (a2d.py), token shift (token_shift.py),
+                   complementary masks (complementary.py)                          notes 09
+    distillation/  few-step students: SDTT (sdtt.py), distribution matching (didi.py)  notes 10
+
+Plumbing the scripts share:
+    plumbing/      cli.py (flag types, one-line errors, device, threads), checkpoint.py (atomic
+                   save, safe load, new_model), checks.py (argument checks at the core's boundary),
+                   backend.py (compiled kernels or the references), distributed.py (torchrun + DDP)
 """

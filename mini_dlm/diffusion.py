@@ -66,7 +66,7 @@ def elbo_loss(logits, x0, masked, p, n_tokens=None):
 
 def bd3_attention_mask(L, b, device="cpu"):
     """(2L, 2L) bool for the sequence [x_t ; x0] of two length-L windows cut into blocks of b
-    (notes/00-spec.md section 2; True = query may see key):
+    (notes/appendix-spec.md section 2; True = query may see key):
         x_t -> x_t   same block          (a noisy block sees itself)
         x_t -> x0    earlier blocks      (... and the clean blocks before it)
         x0  -> x0    same or earlier     (the clean stream is block-causal)

@@ -1,5 +1,5 @@
 """
-The KV cache (notes/00-spec.md section 5): the keys/values of the part of the canvas a forward
+The KV cache (notes/appendix-spec.md section 5): the keys/values of the part of the canvas a forward
 pass does not recompute, per layer. The model's attention layers read from it and write to it
 (mini_dlm/model.py: Attention); callers only create it and say when it should grow.
 

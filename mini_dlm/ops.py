@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.gumbel import sample_x0, signed64
 from mini_dlm.plumbing.backend import HAS_EXT, record, use_ext
 from mini_dlm.plumbing.checks import check_attention, check_rule, check_unmask
 
@@ -52,6 +51,68 @@ def _rows(t):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
+# ---- counter-based Gumbel noise for temperature sampling (unmask's x0) ---------------------
+# Sampling x0 ~ softmax(l / T) is argmax_v(l_v + T * g_v) with g_v ~ Gumbel(0, 1) (the Gumbel-max
+# trick). The noise does not come from a torch.Generator but from a hash of a counter: g for
+# logit v of row n (n = b * L + i in a (B, L, V) tensor) depends only on (seed, n * V + v), so a
+# kernel that reads only some rows, on any device and in any order, draws exactly these numbers.
+# csrc/hash.h is the same function in C++.
+
+_M64 = (1 << 64) - 1
+
+
+def signed64(c):
+    """A uint64 value as the int64 with the same bits (torch has no uint64 arithmetic)."""
+    c &= _M64
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(z, s):
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def splitmix64(z):
+    """Steele et al.'s SplitMix64 finaliser on int64 tensors (wrapping arithmetic = uint64 bits)."""
+    z = z + signed64(0x9E3779B97F4A7C15)
+    z = (z ^ _shr(z, 30)) * signed64(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * signed64(0x94D049BB133111EB)
+    return z ^ _shr(z, 31)
+
+
+def uniform_hash(seed, index):
+    """U(0, 1) float64 numbers keyed by (seed, index): h = splitmix64(splitmix64(seed) ^ index),
+    u = ((h >> 12) + 0.5) / 2^52, so 0 < u < 1 strictly. index: int64 tensor of any shape."""
+    key = splitmix64(torch.tensor(signed64(seed), dtype=torch.long, device=index.device))
+    h = splitmix64(key ^ index)
+    return (_shr(h, 12).double() + 0.5) * 2.0 ** -52
+
+
+def gumbel_noise(seed, rows, V):
+    """Gumbel(0, 1) noise (N, V) float64 for the flat row indices rows (N,):
+    g = -log(-log(u)), u = uniform_hash(seed, row * V + v)."""
+    index = rows[:, None] * V + torch.arange(V, device=rows.device)  # (N, V)
+    return -torch.log(-torch.log(uniform_hash(seed, index)))
+
+
+def sample_x0(logits, temperature=0.0, seed=0):
+    """x0 = argmax_v(logits + T * g) in float64, the first (lowest) id on ties: a sample from
+    softmax(logits / T); T = 0 is the plain argmax. logits (..., V) -> (...) int64; the noise
+    of row n of logits.view(-1, V) is keyed by n."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    V = logits.shape[-1]
+    rows = torch.arange(logits.numel() // V, device=logits.device)
+    g = gumbel_noise(seed, rows, V).view(logits.shape)
+    return (logits.double() + temperature * g).argmax(dim=-1)
+
+
+def draw_seed(generator):
+    """A 62-bit seed for one step's noise, from the caller's torch.Generator (None: the global one)."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(2 ** 62, (), generator=generator, device=device))
+
+
 # ---- unmask -------------------------------------------------------------------------------
 
 def unmask(logits, tokens, eligible, rule, k=None, seed=0, scores=None):
@@ -72,7 +133,7 @@ def unmask(logits, tokens, eligible, rule, k=None, seed=0, scores=None):
 
 if HAS_EXT:
     @torch.library.register_fake("mini_dlm::unmask")
-    def _unmask_fake(logits, tokens, eligible, banned, demote, k, tau, factor, rule, kind, scores, temperature, seed):
+    def _unmask_fake(logits, *rest):  # the op's other 12 arguments do not shape its output
         return logits.new_empty((logits.shape[0],), dtype=torch.long)  # tokens, eligible: in place
 
 
@@ -135,7 +196,7 @@ def unmask_reference(logits, tokens, eligible, rule, k=None, seed=0, scores=None
     if fewer); rule.threshold, Fast-dLLM: every c >= threshold, and the best; rule.factor > 0:
     factor_count under rule.factor_rule.
     rule.remasking scores a guess: low_confidence | margin | entropy (confidence()), or random
-    (c = scores (B, L), drawn by the caller). x0 = argmax(l + T * Gumbel) (mini_dlm/gumbel.py,
+    (c = scores (B, L), drawn by the caller). x0 = argmax(l + T * Gumbel) (sample_x0,
     seed); rule.banned ids (the mask token at least) count as -inf in the argmax and the softmax;
     a guess that is one of the rule.demote ids scores c = -inf, so it commits after every other
     (LLaDA's confidence_eos_eot_inf). "Best" is the highest c; equal c go to the lowest
@@ -180,7 +241,7 @@ def block_attention(q, k, v, k_prefix=None, v_prefix=None, prefix_len=None, k_su
 
 if HAS_EXT:
     @torch.library.register_fake("mini_dlm::block_attention")
-    def _block_attention_fake(q, k, v, k_prefix, v_prefix, prefix_len, k_suffix, v_suffix):
+    def _block_attention_fake(q, *rest):  # the output has q's shape
         return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 

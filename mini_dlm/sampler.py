@@ -36,10 +36,9 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.gumbel import draw_seed, sample_x0
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import block_causal
-from mini_dlm.ops import Rule, unmask
+from mini_dlm.ops import Rule, draw_seed, sample_x0, unmask
 from mini_dlm.plumbing.checks import check_canvas, check_decoding, check_model, check_schedule, check_steps
 
 PAD_ID = 0  # what fills pad columns; they are never attended to, so any id but M would do

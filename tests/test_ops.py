@@ -1,6 +1,6 @@
 """The ops and their spec.  python -m pytest -q tests/test_ops.py
 
-unmask is checked against a naive per-row Python transcription of notes/00-spec.md sections 3-4 and
+unmask is checked against a naive per-row Python transcription of notes/appendix-spec.md sections 3-4 and
 on hand-made edge cases, through the public function with the backend forced to the
 reference ("torch") and, when mini_dlm._C is built, to the compiled op ("ext");
 block_attention against torch.cat + scaled_dot_product_attention, one row at a time."""
@@ -11,10 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mini_dlm.plumbing import backend
-from mini_dlm.gumbel import gumbel_noise, uniform_hash
 from conftest import flat
-from mini_dlm.ops import Rule, block_attention, unmask
+from mini_dlm.ops import Rule, block_attention, gumbel_noise, uniform_hash, unmask
+from mini_dlm.plumbing import backend
 
 INF = float("inf")
 

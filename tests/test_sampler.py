@@ -5,7 +5,7 @@ LLaDA's reference generate(): a Python loop per row, the transfer schedule built
 element, confidences from a softmax over the whole canvas, -inf after the block end, then the k
 best positions (ties: lowest position). The softmax is float64 here, as in mini_dlm; LLaDA's
 code takes it in the logits' dtype, which orders confidences the same unless they tie or round
-together there (notes/00-spec.md section 3). The vectorised sampler must match it token for
+together there (notes/appendix-spec.md section 3). The vectorised sampler must match it token for
 token at temperature 0. Its end-of-text switches are checked on a model built to propose
 end-of-text, confidently, at every other position."""
 

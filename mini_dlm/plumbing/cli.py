@@ -43,10 +43,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_quick(parser, argv, quick):
-    """parser's flags; with --quick, the values of quick (dest -> value) are the defaults, so
-    that a flag given still wins."""
+    """parser's flags; with --quick, the values of quick (dest -> value) stand in for the
+    defaults, so that a flag given still wins (argparse fills in a default only where the
+    namespace it is given has no value)."""
     if parser.parse_known_args(argv)[0].quick:
-        parser.set_defaults(**quick)
+        return parser.parse_args(argv, argparse.Namespace(**quick))
     return parser.parse_args(argv)
 
 

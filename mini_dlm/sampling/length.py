@@ -1,7 +1,7 @@
 """
 Variable length (notes 07). A block-diffusion model grows block by block until every row has
 written end-of-text (stop_at). A full-attention model uses DAEDAL (Li et al. 2025,
-"Beyond Fixed: Variable-Length Denoising for Diffusion LLMs"), notes/00-spec.md section 7.
+"Beyond Fixed: Variable-Length Denoising for Diffusion LLMs"), notes/appendix-spec.md section 7.
 
 A fixed --gen-len is a guess: too short and the text is cut, too long and the model pads the
 tail with end-of-text (compute spent on nothing) or fills it with more text. DAEDAL needs no
