@@ -201,13 +201,6 @@ def main(argv=None):
         world.close()
 
 
-def model_config(args):
-    """The model the flags describe: ValueError for a bad shape, before any data is read."""
-    return ModelConfig(vocab_size=args.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
-                       n_embd=args.n_embd, dropout=args.dropout, mask_id=args.vocab_size - 1,
-                       objective=args.objective, block_size=args.block_size, token_shift=args.token_shift)
-
-
 def load_data(args, tokenizer):
     """-> (tokenizer, train_ids, val_ids): generated task rows, document rows or a packed token
     stream (mini_dlm/data.py), cached in out-dir. The tokenizer is trained unless one is given.
@@ -220,32 +213,41 @@ def load_data(args, tokenizer):
     tokenizer, train_ids, val_ids = data
     if args.train_tokens:  # a fixed slice, repeated for many epochs (notes 09)
         train_ids = train_slice(train_ids, args.train_tokens, args.seq_len + 1)
-    if tokenizer.vocab_size != args.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids, the model {args.vocab_size}")
     return tokenizer, train_ids, val_ids
 
 
+def new_run(args):
+    """-> (model, tokenizer, train_ids, val_ids) of a new run. Its ModelConfig comes from the
+    flags, checked before any data is read; the weights are random or --init-from's
+    (AR-to-diffusion, mini_dlm/conversion/a2d.py)."""
+    cfg = ModelConfig(vocab_size=args.vocab_size, seq_len=args.seq_len, n_layer=args.n_layer, n_head=args.n_head,
+                      n_embd=args.n_embd, dropout=args.dropout, mask_id=args.vocab_size - 1,
+                      objective=args.objective, block_size=args.block_size, token_shift=args.token_shift)
+    init = load_init(args.init_from, cfg) if args.init_from else None  # (weights, tokenizer)
+    tokenizer, train_ids, val_ids = load_data(args, None)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids, --vocab-size {cfg.vocab_size}")
+    torch.manual_seed(args.seed)  # the initial weights depend on --seed only
+    model = new_model(cfg)
+    if init:
+        check_init_tokenizer(args.init_from, init[1], tokenizer)
+        model.load_state_dict(init[0])  # the same weights, now trained as cfg.objective
+    return model, tokenizer, train_ids, val_ids
+
+
 def build(args, device, resumed):
-    """-> (model, tokenizer, train_ids, val_ids, optimizer, start step): a run resumed from its
-    checkpoint, or a new one, from random weights or --init-from's (AR-to-diffusion)."""
+    """-> (model, tokenizer, train_ids, val_ids, optimizer, start step): a new run, or the one
+    --resume continues, with its checkpoint's weights, tokenizer, optimizer state and step."""
     if resumed:
         model, tokenizer, ckpt = resumed
-        start = ckpt["step"]
+        tokenizer, train_ids, val_ids = load_data(args, tokenizer)
     else:
-        cfg, tokenizer, start = model_config(args), None, 0
-        init = load_init(args.init_from, cfg) if args.init_from else None  # (weights, tokenizer)
-    tokenizer, train_ids, val_ids = load_data(args, tokenizer)
-    if not resumed:
-        torch.manual_seed(args.seed)  # the initial weights depend on --seed only
-        model = new_model(cfg)
-        if init:
-            check_init_tokenizer(args.init_from, init[1], tokenizer)
-            model.load_state_dict(init[0])  # the same weights, now trained as cfg.objective
+        model, tokenizer, train_ids, val_ids = new_run(args)
     model.to(device).train()
     optimizer = model.configure_optimizer(args.lr, args.weight_decay, (0.9, 0.95), device.type)
     if resumed:
         optimizer.load_state_dict(ckpt["optimizer"])
-    return model, tokenizer, train_ids, val_ids, optimizer, start
+    return model, tokenizer, train_ids, val_ids, optimizer, ckpt["step"] if resumed else 0
 
 
 def objectives(args):
