@@ -14,7 +14,7 @@ of two methods:
     python distill.py --teacher out/ckpt.pt --out-dir out-distill             # sdtt, 256 -> 16 steps
     python distill.py --teacher out/ckpt.pt --out-dir out-distill --iters 20  # a first try, about a minute
     python distill.py --teacher out/ckpt.pt --method didi --out-dir out-didi
-    python bench/few_step.py --teacher out/ckpt.pt --student out-distill/ckpt.pt --ar out-ar/ckpt.pt
+    python -m bench.few_step --teacher out/ckpt.pt --student out-distill/ckpt.pt --ar out-ar/ckpt.pt
 
 Writes <out-dir>/ckpt.pt, a checkpoint like train_tiny.py's (sample.py reads it), atomically
 after every round (sdtt) or at the end (didi).

@@ -2,11 +2,11 @@
 Classifier-free guidance (mini_dlm/sampling/guidance.py): what it costs, and whether it makes the text
 follow its prompt more closely.
 
-    python bench/cfg.py --dlm out/ckpt.pt --ar out-ar/ckpt.pt
-    python bench/cfg.py --dlm out/ckpt.pt --ar out-ar/ckpt.pt --quick
+    python -m bench.cfg --dlm out/ckpt.pt --ar out-ar/ckpt.pt
+    python -m bench.cfg --dlm out/ckpt.pt --ar out-ar/ckpt.pt --quick
 
 Prompts: --n windows of --prompt-len tokens spread over the validation split
-(bench/efficiency.py: make_prompts), decoded as one batch for each scale of --scales, greedy,
+(bench/common.py: make_prompts), decoded as one batch for each scale of --scales, greedy,
 with the same decoder (--gen-len, --block-len, --threshold, --cache). Reported per scale:
   seconds, tok/s      mean wall time of --repeats runs of the batch (after a warm-up), tokens/s
   passes, positions   forward passes, and positions computed (rows x tokens, summed): a guided
@@ -29,28 +29,25 @@ computed from two separate forwards (the largest scale of --scales).
 
 import math
 import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
 from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, parse_quick, positive_int,
                           print_config, probability, resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA
-from mini_dlm.sampling.guidance import Guided
-from mini_dlm.sampler import CACHES, NoCache, finish, generate, make_canvas
+from mini_dlm.sampling import guidance
+from mini_dlm.sampler import CACHES, Decoding, NoCache, finish, generate, make_canvas
 
-from efficiency import make_prompts, save
-from report import print_table
-from quality import distinct3, generative_nll, load_with_judge
-from roofline import count_forwards, device_name, timed
+from bench.common import make_prompts, print_table, save
+from bench.quality import distinct3, generative_nll, load_with_judge
+from bench.roofline import count_forwards, device_name, timed
 
 QUICK = dict(n=4, prompt_len=16, gen_len=16, block_len=16, repeats=1)  # --quick, for the flags not given
 
 
 def get_parser():
-    p = Parser(description="Classifier-free guidance: cost and prompt adherence across --cfg-scale values.")
+    p = Parser(prog="python -m bench.cfg",
+               description="Classifier-free guidance: cost and prompt adherence across --cfg-scale values.")
     p.add_argument("--dlm", default="out/ckpt.pt", help="diffusion checkpoint (full attention or block diffusion)")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint (same tokenizer) that judges the output")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the prompts")
@@ -84,7 +81,7 @@ def check_formula(model, prompts, G, b, scale):
     u + (s + 1)(c - u) from two forwards of B rows."""
     x, pad = make_canvas(prompts, G, model)
     P = x.shape[1] - G
-    guided = Guided(NoCache, model, x, pad, P, b, scale).logits(x, P, P + b, 0)
+    guided = guidance.Guided(NoCache, model, x, pad, P, b, scale).logits(x, P, P + b, 0)
     plain = NoCache(model, x, pad, P, b)
     c = plain.logits(x, P, P + b, 0)
     u = plain.logits(x.masked_fill(x != model.config.mask_id, model.config.mask_id), P, P + b, 0)
@@ -123,8 +120,8 @@ def main(argv=None):
         raise ValueError("the batched guidance disagrees with its formula: fix it before measuring it")
 
     def run_scale(s):
-        return finish(generate(model, prompts, gen_len=args.gen_len, steps=args.gen_len, block_len=b,
-                               threshold=args.threshold, cache=args.cache, cfg_scale=s))
+        opts = Decoding(steps=args.gen_len, block_len=b, threshold=args.threshold, cache=args.cache, cfg_scale=s)
+        return finish(generate(model, prompts, opts, args.gen_len, strategy=guidance.strategy(opts)))
     with autocast(device):
         run_scale(max(scales))  # warm-up
         records = [measure(run_scale, s, model, ar, prompts, args, device) for s in scales]

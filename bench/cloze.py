@@ -2,8 +2,8 @@
 Cloze: how well does the diffusion model fill a blank in real text, seeing both sides of it,
 against the AR model of the same data, which sees only the left side?
 
-    python bench/cloze.py --dlm out/ckpt.pt --ar out-ar/ckpt.pt
-    python bench/cloze.py --dlm out/ckpt.pt --ar out-ar/ckpt.pt --quick
+    python -m bench.cloze --dlm out/ckpt.pt --ar out-ar/ckpt.pt
+    python -m bench.cloze --dlm out/ckpt.pt --ar out-ar/ckpt.pt --quick
 
 Windows (window_starts, cloze_windows): --n windows of real validation text, evenly spaced,
 each --left tokens, then the k tokens of the blank, then --right tokens; the same starts for
@@ -29,9 +29,6 @@ NLLs is what the right side is worth (and what each model has learnt).
 """
 
 import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +36,18 @@ import torch.nn.functional as F
 from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, parse_quick, positive_int, print_config,
                           resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
-from mini_dlm.sampler import denoise, finish, generate_ar
+from mini_dlm.sampler import Decoding, denoise, finish, generate_ar
 
-from efficiency import save
-from report import print_table
-from quality import generative_nll, load_with_judge
-from roofline import device_name
+from bench.common import print_table, save
+from bench.quality import generative_nll, load_with_judge
+from bench.roofline import device_name
 
 QUICK = dict(n=8, left=16, right=16)  # --quick, for the flags not given
 
 
 def get_parser():
-    p = Parser(description="Cloze on validation text: the DLM fills a blank seeing both sides, the AR model "
+    p = Parser(prog="python -m bench.cloze",
+               description="Cloze on validation text: the DLM fills a blank seeing both sides, the AR model "
                            "continues the left side (exact match, accuracy, NLL).")
     p.add_argument("--dlm", default="out/ckpt.pt", help="full-attention diffusion checkpoint")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint of the same data and tokenizer")
@@ -88,7 +85,7 @@ def dlm_fill(model, lefts, k, rights):
     """The DLM's greedy fill (n, k) of each window's blank: one block over it, a token per step."""
     M = model.config.mask_id
     x = torch.cat([lefts, torch.full((len(lefts), k), M, device=lefts.device), rights], dim=1)
-    out, _ = finish(denoise(model, x, steps=k, block_len=k))
+    out, _ = finish(denoise(model, x, Decoding(steps=k, block_len=k)))
     return out[:, lefts.shape[1]:lefts.shape[1] + k]
 
 

@@ -4,9 +4,9 @@ Benchmark: diffusion vs AR when data is scarce (notes/09), after Prabhudesai et 
 repeated data after some epochs and overfits, a masked diffusion model keeps profiting for
 many more.
 
-    python bench/data_constrained.py --quick     # a few minutes: 2 slices, a tiny model
-    python bench/data_constrained.py             # the study of notes/09 (42 minutes on one CPU thread)
-    python bench/data_constrained.py --replot bench-out/data_constrained.json
+    python -m bench.data_constrained --quick     # a few minutes: 2 slices, a tiny model
+    python -m bench.data_constrained             # the study of notes/09 (42 minutes on one CPU thread)
+    python -m bench.data_constrained --replot bench-out/data_constrained.json
 
 For every slice size N of --slices and both objectives, one train_tiny.py run (in this
 process) of the same model on the first N tokens of the training split (--train-tokens N),
@@ -29,17 +29,13 @@ import io
 import json
 import os
 import re
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import train_tiny
 from mini_dlm.plumbing.cli import Parser, check_out_dir, comma_list, parse_quick, positive_float, positive_int, print_config, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.model import ModelConfig, Transformer
 
-from efficiency import import_pyplot, save
-from report import print_table
+from bench.common import import_pyplot, print_table, save
 
 OBJECTIVES = ("ar", "mdm")
 QUICK = dict(slices=[2048, 8192], steps=120, evals=4, n_layer=1, n_head=2, n_embd=32, seq_len=32, batch_size=8,
@@ -48,7 +44,8 @@ EVAL = re.compile(r"eval step (\d+) \| val (?:bound|nll) ([\d.]+) nats/token")
 
 
 def get_parser():
-    p = Parser(description="Diffusion vs AR on repeated data: validation loss against epochs and FLOPs (notes/09).")
+    p = Parser(prog="python -m bench.data_constrained",
+               description="Diffusion vs AR on repeated data: validation loss against epochs and FLOPs (notes/09).")
     p.add_argument("--data", default=DEFAULT_DATA, help="text to train on; its validation split scores every run")
     p.add_argument("--slices", type=comma_list(positive_int), default="5000,20000,80000,340000",
                    help="comma-separated training-slice sizes, tokens (the shipped corpus has 346,899)")

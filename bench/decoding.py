@@ -1,7 +1,7 @@
 """
 Benchmark: which decoding settings make a small model's samples read like text? (notes/03)
 
-    python bench/decoding.py --ckpt out/ckpt.pt --ar out-ar/ckpt.pt
+    python -m bench.decoding --ckpt out/ckpt.pt --ar out-ar/ckpt.pt
 
 For --num-prompts validation prompts (windows of --prompt-len tokens spread over the split) it
 generates --gen-len tokens with LLaDA's schedule (one token per step, blocks of --block-len) for
@@ -12,26 +12,22 @@ quality.py), printed beside the same figures of the real continuation of each pr
 is a loop; a high gen ppl with a high distinct3 is word salad.
 """
 
-import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
-
 import torch
 
 from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.cli import Parser, comma_list, non_negative_float, one_of, positive_int, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.plumbing.checks import REMASKING
-from mini_dlm.sampler import finish, generate_ar
+from mini_dlm.sampler import Decoding, finish, generate_ar
 
-from efficiency import make_prompts
-from quality import decode_each, load_judge, quality
-from roofline import device_name
+from bench.common import make_prompts
+from bench.quality import decode_each, load_judge, quality
+from bench.roofline import device_name
 
 
 def get_parser():
-    p = Parser(description="Remasking rule x temperature: generative perplexity and distinct3 against real text.")
+    p = Parser(prog="python -m bench.decoding",
+               description="Remasking rule x temperature: generative perplexity and distinct3 against real text.")
     p.add_argument("--ckpt", default="out/ckpt.pt", help="diffusion checkpoint")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint (same tokenizer): the judge")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives prompts and real text")
@@ -69,8 +65,8 @@ def main(argv=None):
     for rule in rules:
         for T in temps:
             gen = torch.Generator(device).manual_seed(args.seed)
-            outs, _, _ = decode_each(model, prompts, device, gen_len=G, steps=G, block_len=args.block_len,
-                                     remasking=rule, temperature=T, generator=gen)
+            opts = Decoding(steps=G, block_len=args.block_len, temperature=T, remasking=rule)
+            outs, _, _ = decode_each(model, prompts, device, opts, G, gen)
             rows.append((f"{rule}, T={T:g}", outs))
     for label, outs in rows:
         ppl, d3 = quality(ar, prompts, outs)

@@ -4,9 +4,9 @@ with a KV cache and of the diffusion samplers, across batch sizes, with a qualit
 a roofline. The question of "How Efficient Are Diffusion Language Models?" (2025), on models
 trained here.
 
-    python bench/efficiency.py --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
-    python bench/efficiency.py --quick        # a small grid: under a minute on a 2-core CPU
-    python bench/efficiency.py --task --ar-ckpt out-sd-ar/ckpt.pt --dlm-ckpt out-sd-mdm/ckpt.pt --block-ckpt ''
+    python -m bench.efficiency --ar-ckpt out-ar/ckpt.pt --dlm-ckpt out/ckpt.pt --block-ckpt out-bd3/ckpt.pt
+    python -m bench.efficiency --quick        # a small grid: under a minute on a 2-core CPU
+    python -m bench.efficiency --task --ar-ckpt out-sd-ar/ckpt.pt --dlm-ckpt out-sd-mdm/ckpt.pt --block-ckpt ''
                                               # Sudoku (notes/08): only solved puzzles' tokens count
 
 Configurations, each with the compiled ops (ext) and the PyTorch reference ops (torch):
@@ -30,7 +30,7 @@ Method, per configuration and batch size B:
 With --task (checkpoints of train_tiny.py --task): the prompts are the task's held-out puzzles,
 the same max(--batch-sizes) of them at every batch size (batch B decodes them B at a time),
 gen-len and the block length are the answer's length, and the useful tokens are those of the
-puzzles solved exactly (bench/task.py: check_rows); gen_ppl is then of the solved answers only.
+puzzles solved exactly (mini_dlm/tasks/rows.py: check_rows); gen_ppl is then of the solved answers only.
 Before any timing, two exactness checks run: AR with the cache == AR without it, and the
 block cache == no cache, token for token.
 Output: a table, --out FILE (JSON records, rewritten after every point), and two plots beside it (tokens/s vs batch; the
@@ -43,31 +43,30 @@ import json
 import math
 import os
 import statistics
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
+from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.plumbing import backend
-from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.plumbing.checkpoint import load_checkpoint
-from mini_dlm.plumbing.cli import (Parser, comma_list, one_of, parse_quick, positive_float, positive_int, print_config, probability,
-                          resolve_device, run)
-from mini_dlm.data import DEFAULT_DATA, read_text, split_text
-from mini_dlm.sampler import finish, generate, generate_ar
+from mini_dlm.plumbing.cli import (Parser, comma_list, one_of, parse_quick, positive_float, positive_int, print_config,
+                                   probability, resolve_device, run)
+from mini_dlm.sampler import Decoding, finish, generate, generate_ar
+from mini_dlm.tasks import sudoku as tasks
+from mini_dlm.tasks.rows import check_rows, held_out, load_task_model, prompt_ids
 from mini_dlm.tokenizer import useful_lengths
 
-from quality import generative_nll
-from task import check_rows, held_out, load_task_model, prompt_ids
-from roofline import copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak, timed_call
+from bench.common import import_pyplot, make_prompts, save
+from bench.quality import generative_nll
+from bench.roofline import copy_bandwidth, count_forwards, crossover_closed_form, device_name, matmul_peak, timed_call
 
 CONFIGS = ("ar", "dlm", "threshold", "threshold+dual", "threshold+block")
 QUICK = dict(batch_sizes=[1, 4, 16], gen_lens=[64], prompt_len=32, repeats=1)  # --quick, for the flags not given
 
 
 def get_parser():
-    p = Parser(description="DLM vs AR throughput across batch sizes, with quality and a roofline (notes/06).")
+    p = Parser(prog="python -m bench.efficiency",
+               description="DLM vs AR throughput across batch sizes, with quality and a roofline (notes/06).")
     # checkpoints: same size and tokenizer
     p.add_argument("--ar-ckpt", default="out-ar/ckpt.pt", help="AR checkpoint (--objective ar); also scores quality")
     p.add_argument("--dlm-ckpt", default="out/ckpt.pt", help="full-attention diffusion checkpoint")
@@ -135,15 +134,6 @@ def load_models(args, device):
     return models, tok
 
 
-def make_prompts(tok, data, n, prompt_len):
-    """n prompts of prompt_len tokens, windows spread evenly over the validation split."""
-    val = tok.encode(split_text(read_text(data)[0])[1])
-    if len(val) < prompt_len + n:
-        raise ValueError(f"the validation split of {data} is too short for {n} prompts of {prompt_len} tokens")
-    step = (len(val) - prompt_len) // n
-    return [val[i * step:i * step + prompt_len] for i in range(n)]
-
-
 def task_prompts(args):
     """--task: set gen-len, prompt-len and block-len from the checkpoints' task -> (prompts: the
     first max(--batch-sizes) held-out puzzles, useful: gen (N, G) -> (N,) G for a solved puzzle, else 0)."""
@@ -167,11 +157,12 @@ def decode_fn(config, models, prompts, G, args, batch):
         model, run_one = models["ar"], lambda p: generate_ar(models["ar"], p, gen_len=G)
     elif config == "threshold+block":
         model = models["block"]
-        bb = model.config.block_size
-        run_one = lambda p: generate(model, p, gen_len=G, block_len=bb, threshold=tau, cache="block")  # noqa: E731
+        opts = Decoding(block_len=model.config.block_size, threshold=tau, cache="block")
+        run_one = lambda p: generate(model, p, opts, G)  # noqa: E731
     else:
         kw = {"dlm": {}, "threshold": dict(threshold=tau), "threshold+dual": dict(threshold=tau, cache="dual")}[config]
-        model, run_one = models["dlm"], lambda p: generate(models["dlm"], p, gen_len=G, steps=G, block_len=b, **kw)
+        opts = Decoding(steps=G, block_len=b, **kw)
+        model, run_one = models["dlm"], lambda p: generate(models["dlm"], p, opts, G)
 
     def fn():
         runs = [finish(run_one(prompts[i:i + batch])) for i in range(0, len(prompts), batch)]
@@ -186,9 +177,10 @@ def validate(models, prompts, args):
                        finish(generate_ar(models["ar"], P, gen_len=G, kv_cache=False))[0])
     print(f"check: AR KV cache == no cache, token for token: {'yes' if same else 'NO'}")
     if "block" in models:
-        m, bb, tau = models["block"], models["block"].config.block_size, args.threshold
-        exact = torch.equal(finish(generate(m, P, gen_len=G, steps=G, block_len=bb, threshold=tau, cache="block"))[0],
-                            finish(generate(m, P, gen_len=G, steps=G, block_len=bb, threshold=tau))[0])
+        m = models["block"]
+        kw = dict(steps=G, block_len=m.config.block_size, threshold=args.threshold)
+        exact = torch.equal(finish(generate(m, P, Decoding(**kw, cache="block"), G))[0],
+                            finish(generate(m, P, Decoding(**kw), G))[0])
         print(f"check: block cache == no cache, token for token: {'yes' if exact else 'NO'}")
         same = same and exact
     if not same:
@@ -283,16 +275,6 @@ def main(argv=None):
             print(f"wrote {path}")
 
 
-def save(path, meta, records, **extra):
-    """The JSON output {"meta", "records", **extra}, written atomically (a temporary file, then
-    os.replace). The other benchmarks write theirs with it too."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"meta": meta, "records": records, **extra}, f, indent=1)
-    os.replace(tmp, path)
-
-
 def sweep(args, models, prompts_all, useful_fn, configs, kinds, device, meta, on_record):
     """The grid: every gen-len, configuration, ops backend and batch size, printed as it goes;
     on_record(records) runs after each point. Batch B decodes prompts_all[:B], or with --task all
@@ -376,16 +358,6 @@ def crossovers(records, logs, meta, configs, kinds, gen_lens):
           "batch where the roofline model puts AR ahead; measured: the first batch of the grid where AR's useful "
           "tokens/s >= the configuration's; '-' = not within the range)")
     return out
-
-
-def import_pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("the plots need matplotlib: pip install matplotlib (or pass --no-plots)") from None
-    return plt
 
 
 def plot(records, meta, stem):

@@ -1,7 +1,7 @@
 """
 Benchmark: a distilled few-step student against its teacher (notes/10).
 
-    python bench/few_step.py --teacher out-long/ckpt.pt --student out-distill/ckpt.pt --ar out-long-ar/ckpt.pt
+    python -m bench.few_step --teacher out-long/ckpt.pt --student out-distill/ckpt.pt --ar out-long-ar/ckpt.pt
 
 For --num-prompts validation prompts of --prompt-len tokens, both models generate --gen-len
 tokens in one block (no semi-autoregressive blocks) with the sampler of mini_dlm/distillation/sdtt.py:
@@ -12,9 +12,6 @@ perplexity under the AR judge and distinct3 (bench/quality.py), tokens per pass 
 """
 
 import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
@@ -22,17 +19,17 @@ from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, 
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.plumbing.checks import REMASKING
-from mini_dlm.sampler import finish, generate
+from mini_dlm.sampler import Decoding, finish, generate
 
+from bench.common import make_prompts, print_table, save
+from bench.quality import load_judge, quality
+from bench.roofline import device_name, timed_call
 from distill import load_teacher
-from efficiency import make_prompts, save
-from quality import load_judge, quality
-from report import print_table
-from roofline import device_name, timed_call
 
 
 def get_parser():
-    p = Parser(description="Generative perplexity and distinct3 of a few-step student and its teacher (notes/10).")
+    p = Parser(prog="python -m bench.few_step",
+               description="Generative perplexity and distinct3 of a few-step student and its teacher (notes/10).")
     p.add_argument("--teacher", default="out/ckpt.pt", help="the teacher (distill.py --teacher)")
     p.add_argument("--student", default="out-distill/ckpt.pt", help="the student distill.py wrote")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint (same tokenizer): the judge")
@@ -72,10 +69,9 @@ def main(argv=None):
     runs = [("teacher", teacher, s) for s in args.teacher_steps] + [("student", student, s) for s in args.student_steps]
     for name, model, steps in runs:
         gen = torch.Generator(device).manual_seed(args.seed)
+        opts = Decoding(steps=steps, block_len=args.gen_len, temperature=args.temperature, remasking=args.remasking)
         with autocast(device):
-            (x, stats), seconds = timed_call(lambda: finish(generate(
-                model, prompts, gen_len=args.gen_len, steps=steps, block_len=args.gen_len, remasking=args.remasking,
-                temperature=args.temperature, generator=gen)), device)
+            (x, stats), seconds = timed_call(lambda: finish(generate(model, prompts, opts, args.gen_len, gen)), device)
         outs = x[:, args.prompt_len:].tolist()
         ppl, d3 = quality(ar, prompts, outs)
         records.append(dict(model=name, steps=steps, gen_ppl=ppl, distinct3=d3, seconds=seconds,

@@ -2,9 +2,9 @@
 Kernel benchmark, llm.c style: validate every compiled op against its PyTorch reference, then
 time both and print a fixed table.
 
-    python bench/kernels.py                 # the CPU kernels
-    python bench/kernels.py --device cuda   # the CUDA kernels (CUDA events for timing)
-    python bench/kernels.py --device cuda --json bench-out/kernels.json   # also write the rows as JSON
+    python -m bench.kernels                 # the CPU kernels
+    python -m bench.kernels --device cuda   # the CUDA kernels (CUDA events for timing)
+    python -m bench.kernels --device cuda --json bench-out/kernels.json   # also write the rows as JSON
 
 Bytes each op must move, and GB/s = bytes / time:
   unmask           every eligible row of logits, once: rows_read * V * bytes_per_logit.
@@ -17,9 +17,6 @@ timed against what one would write without the op: torch.cat of the cache + SDPA
 
 import json
 import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +25,7 @@ from mini_dlm import ops
 from mini_dlm.plumbing import backend
 from mini_dlm.plumbing.cli import Parser, positive_int, resolve_device, run
 
-from roofline import copy_bandwidth, device_name, timed
+from bench.roofline import copy_bandwidth, device_name, timed
 
 F32, BF16 = torch.float32, torch.bfloat16
 UNMASK_SHAPES = {  # (B, L, V, dtype, eligible rows per batch row: "all" or a block of 32)
@@ -47,7 +44,8 @@ ATTENTION_SHAPES = {  # (B, H, b, D, Lc, Ls, dtype): every prefix slot valid
 
 
 def get_parser():
-    p = Parser(description="Validate, then time the compiled ops against their PyTorch reference.")
+    p = Parser(prog="python -m bench.kernels",
+               description="Validate, then time the compiled ops against their PyTorch reference.")
     p.add_device_flag(default="cpu")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per measurement (after 2 warm-up calls)")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON (default: off)")
@@ -72,22 +70,22 @@ def bench_unmask(device, peak, repeats, rows_out):
           f"{'% copy':>7} {'speedup':>8}")
     for B, L, V, dtype, rows in UNMASK_SHAPES[device.type]:
         logits, tokens, eligible = unmask_case(B, L, V, dtype, rows, device)
-        call = dict(threshold=0.9, banned=[V - 1])
+        rule = ops.Rule(threshold=0.9, banned=(V - 1,))
         # validate first: the same tokens, eligibility and counts as the reference
         t_ref, e_ref, t_ext, e_ext = tokens.clone(), eligible.clone(), tokens.clone(), eligible.clone()
-        n_ref = ops.unmask_reference(logits, t_ref, e_ref, **call)
+        n_ref = ops.unmask_reference(logits, t_ref, e_ref, rule)
         backend.set_backend("ext")
-        n_ext = ops.unmask(logits, t_ext, e_ext, **call)
+        n_ext = ops.unmask(logits, t_ext, e_ext, rule)
         backend.set_backend("auto")
         if not (torch.equal(t_ref, t_ext) and torch.equal(e_ref, e_ext) and torch.equal(n_ref, n_ext)):
             raise RuntimeError(f"unmask kernel disagrees with the reference at {(B, L, V, dtype, rows)}")
         # unmask writes its inputs: every timed call gets its own fresh copy, made before the clock runs
         fresh = lambda: iter([(tokens.clone(), eligible.clone()) for _ in range(repeats + 2)])  # noqa: E731
         inputs = fresh()
-        us_ref = 1e6 * timed(lambda: ops.unmask_reference(logits, *next(inputs), **call), device, repeats)
+        us_ref = 1e6 * timed(lambda: ops.unmask_reference(logits, *next(inputs), rule), device, repeats)
         backend.set_backend("ext")
         inputs = fresh()
-        us_ext = 1e6 * timed(lambda: ops.unmask(logits, *next(inputs), **call), device, repeats)
+        us_ext = 1e6 * timed(lambda: ops.unmask(logits, *next(inputs), rule), device, repeats)
         backend.set_backend("auto")
         n_rows = int(eligible.sum())
         gbs = n_rows * V * logits.element_size() / (us_ext * 1e-6) / 1e9

@@ -1,7 +1,7 @@
 """
 Benchmark: DAEDAL's variable length against fixed generation lengths (notes/07).
 
-    python bench/length.py --ckpt out-d-mdm/ckpt.pt --ar out-d-ar/ckpt.pt
+    python -m bench.length --ckpt out-d-mdm/ckpt.pt --ar out-d-ar/ckpt.pt
 
 Prompts: the speaker line ("ROMEO:\n") of --num-prompts documents spread over the validation
 split, so the model writes one speech and should end it. Every configuration decodes the
@@ -17,11 +17,7 @@ fixed length's perplexity with fewer canvas tokens?
 """
 
 import math
-import os
 import statistics
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
@@ -29,15 +25,16 @@ from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.cli import Parser, comma_list, non_negative_float, positive_int, print_config, probability, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA, read_text, split_documents, split_text
 from mini_dlm.sampling.length import Daedal, generate_dynamic
-from mini_dlm.sampler import finish, generate
+from mini_dlm.sampler import Decoding, finish, generate
 from mini_dlm.tokenizer import useful_lengths
 
-from quality import distinct3, generative_nll, load_judge
-from roofline import count_forwards, device_name, timed_call
+from bench.quality import distinct3, generative_nll, load_judge
+from bench.roofline import count_forwards, device_name, timed_call
 
 
 def get_parser():
-    p = Parser(description="Variable length (DAEDAL) vs fixed generation lengths on validation prompts (notes/07).")
+    p = Parser(prog="python -m bench.length",
+               description="Variable length (DAEDAL) vs fixed generation lengths on validation prompts (notes/07).")
     p.add_argument("--ckpt", default="out-d-mdm/ckpt.pt", help="full-attention diffusion checkpoint trained with --docs")
     p.add_argument("--ar", default="out-d-ar/ckpt.pt", help="AR checkpoint (same tokenizer) that scores the output")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation documents give the prompts")
@@ -89,16 +86,13 @@ def main(argv=None):
 
     def gen():
         return torch.Generator(device).manual_seed(args.seed)
-    demote = args.confidence_eos_eot_inf
-    runs = [(f"fixed {G}", lambda G=G: finish(generate(model, prompts, gen_len=G, block_len=G, temperature=T,
-                                                       threshold=args.threshold, generator=gen(),
-                                                       confidence_eos_eot_inf=demote, eot_id=tok.eot_id)))
+    rule = dict(temperature=T, threshold=args.threshold, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+                eot_id=tok.eot_id)  # every configuration's
+    runs = [(f"fixed {G}", lambda G=G: finish(generate(model, prompts, Decoding(block_len=G, **rule), G, gen())))
             for G in fixed]
     length = Daedal(args.init_len, args.max_len, args.grow, args.tail, args.eot_threshold, args.low_threshold, args.insert)
-    runs.append(("auto", lambda: finish(generate_dynamic(model, prompts, length=length, threshold=args.threshold,
-                                                         temperature=T, generator=gen(), eot_id=tok.eot_id,
-                                                         confidence_eos_eot_inf=demote))))
-    finish(generate(model, prompts[:2], gen_len=16, steps=16, block_len=16))  # warm-up
+    runs.append(("auto", lambda: finish(generate_dynamic(model, prompts, Decoding(**rule), length, gen()))))
+    finish(generate(model, prompts[:2], Decoding(steps=16, block_len=16), 16))  # warm-up
     P = max(len(p) for p in prompts)
     median = statistics.median(written_lengths(tok, args.data))
     print(f"\nvalidation documents: median {median:g} tokens after the speaker line (within 30%: "

@@ -18,7 +18,7 @@ from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.cli import autocast
 from mini_dlm.sampler import finish, generate
 
-from roofline import timed_call
+from bench.roofline import timed_call
 
 
 def load_judge(path, tokenizer, device):
@@ -66,13 +66,14 @@ def distinct3(ids):
     return len(set(grams)) / max(1, len(grams))
 
 
-def decode_each(model, prompts, device, **kw):
-    """Generate for each prompt alone (batch 1) with generate(model, p, **kw) -> (outs, seconds,
-    passes): the generated ids of each row, and the summed seconds and forward passes."""
+def decode_each(model, prompts, device, opts, gen_len, generator=None):
+    """Generate gen_len tokens for each prompt alone (batch 1) with generate(model, p, opts,
+    gen_len, generator), opts a sampler.Decoding -> (outs, seconds, passes): the generated ids
+    of each row, and the summed seconds and forward passes."""
     outs, seconds, passes = [], 0.0, 0
     with autocast(device):
         for p in prompts:
-            (x, stats), dt = timed_call(lambda: finish(generate(model, p, **kw)), device)
+            (x, stats), dt = timed_call(lambda: finish(generate(model, p, opts, gen_len, generator)), device)
             outs.append(x[0, len(p):].tolist())
             seconds, passes = seconds + dt, passes + stats["forward_passes"]
     return outs, seconds, passes

@@ -2,7 +2,7 @@
 Benchmark: how much faster do Fast-dLLM's threshold decoding and the KV caches make sampling,
 and what does it cost in quality? (the table in notes/04)
 
-    python bench/sampling.py --full out/ckpt.pt --block out-bd3/ckpt.pt --ar out-ar/ckpt.pt
+    python -m bench.sampling --full out/ckpt.pt --block out-bd3/ckpt.pt --ar out-ar/ckpt.pt
 
 For each prompt, at batch 1, it generates --gen-len tokens with
   LLaDA baseline          full-attention model, steps = gen-len (one token per pass), no cache
@@ -21,25 +21,22 @@ and decoding rule.
 """
 
 import math
-import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
 from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.cli import Parser, autocast, positive_int, print_config, probability, resolve_device, run
-from mini_dlm.sampler import finish, generate
+from mini_dlm.sampler import Decoding, finish, generate
 
-from quality import decode_each, distinct3, generative_nll, load_judge
-from roofline import device_name
+from bench.quality import decode_each, distinct3, generative_nll, load_judge
+from bench.roofline import device_name
 
 PROMPTS = ["ROMEO:", "JULIET:\nO", "KING RICHARD III:\nNow is the", "First Citizen:\nWe are"]
 
 
 def get_parser():
-    p = Parser(description="Time LLaDA vs Fast-dLLM threshold decoding and KV caches at batch 1 (notes/04 table).")
+    p = Parser(prog="python -m bench.sampling",
+               description="Time LLaDA vs Fast-dLLM threshold decoding and KV caches at batch 1 (notes/04 table).")
     p.add_argument("--full", default="out/ckpt.pt", help="full-attention diffusion checkpoint")
     p.add_argument("--block", default="out-bd3/ckpt.pt", help="block-diffusion checkpoint (--block-size), or '' to skip")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint that scores the generations (same data and tokenizer)")
@@ -64,26 +61,28 @@ def main(argv=None):
     print_config("config", {**vars(args), "device": f"{device} ({name})", "torch": torch.__version__})
 
     G, b, tau = args.gen_len, args.block_len, args.threshold
-    runs = [  # (label, model, generate() keywords, label of the no-cache run it should agree with)
-        ("LLaDA baseline", full, dict(steps=G, block_len=b), None),
-        (f"threshold {tau}", full, dict(steps=G, block_len=b, threshold=tau), None),
-        (f"threshold {tau} + prefix", full, dict(steps=G, block_len=b, threshold=tau, cache="prefix"), f"threshold {tau}"),
-        (f"threshold {tau} + dual", full, dict(steps=G, block_len=b, threshold=tau, cache="dual"), f"threshold {tau}"),
+    runs = [  # (label, model, its Decoding, label of the no-cache run it should agree with)
+        ("LLaDA baseline", full, Decoding(steps=G, block_len=b), None),
+        (f"threshold {tau}", full, Decoding(steps=G, block_len=b, threshold=tau), None),
+        (f"threshold {tau} + prefix", full, Decoding(steps=G, block_len=b, threshold=tau, cache="prefix"),
+         f"threshold {tau}"),
+        (f"threshold {tau} + dual", full, Decoding(steps=G, block_len=b, threshold=tau, cache="dual"),
+         f"threshold {tau}"),
     ]
     if block is not None:
         bb = block.config.block_size
         runs += [
-            ("block baseline", block, dict(steps=G, block_len=bb), None),
-            (f"block threshold {tau}", block, dict(steps=G, block_len=bb, threshold=tau), None),
-            (f"block threshold {tau} + block", block, dict(steps=G, block_len=bb, threshold=tau, cache="block"),
+            ("block baseline", block, Decoding(steps=G, block_len=bb), None),
+            (f"block threshold {tau}", block, Decoding(steps=G, block_len=bb, threshold=tau), None),
+            (f"block threshold {tau} + block", block, Decoding(steps=G, block_len=bb, threshold=tau, cache="block"),
              f"block threshold {tau}"),
         ]
 
     amp = autocast(device)
     with amp:  # warm-up: first calls pay for thread pools, allocators, kernel selection
-        finish(generate(full, prompts[0], gen_len=b, steps=b, block_len=b))
+        finish(generate(full, prompts[0], Decoding(steps=b, block_len=b), b))
 
-    results = {label: decode_each(model, prompts, device, gen_len=G, **kw) for label, model, kw, _ in runs}
+    results = {label: decode_each(model, prompts, device, opts, G) for label, model, opts, _ in runs}
 
     # validation: the exact cache must reproduce its no-cache run token for token
     if block is not None:
@@ -96,7 +95,7 @@ def main(argv=None):
     print(f"\n{len(prompts)} prompts x {G} tokens, batch 1, on {name}")
     print(f"{'decoding':<30} {'passes':>7} {'tok/pass':>8} {'tok/s':>8} {'speedup':>8} {'gen ppl':>8} "
           f"{'distinct3':>9} {'agree':>7}")
-    for label, model, kw, ref in runs:
+    for label, model, _, ref in runs:
         outs, seconds, passes = results[label]
         nll = generative_nll(ar, prompts, outs)  # every row has G tokens: the mean of the rows' means
         agree = "-" if ref is None else \

@@ -1,8 +1,8 @@
 """
 Sudoku accuracy: a diffusion model against its AR twin on held-out puzzles (notes/08).
 
-    python bench/task.py --dlm out-sd-mdm/ckpt.pt --ar out-sd-ar/ckpt.pt              # 500 puzzles
-    python bench/task.py --quick --dlm out-sd-mdm/ckpt.pt --ar out-sd-ar/ckpt.pt      # 64 puzzles
+    python -m bench.task --dlm out-sd-mdm/ckpt.pt --ar out-sd-ar/ckpt.pt              # 500 puzzles
+    python -m bench.task --quick --dlm out-sd-mdm/ckpt.pt --ar out-sd-ar/ckpt.pt      # 64 puzzles
 
 Trains nothing: it takes two checkpoints that train_tiny.py --task trained on the same task
 and seed, and regenerates the task's held-out puzzles from that seed (mini_dlm/tasks/sudoku.py: none
@@ -28,25 +28,23 @@ cache equals AR without it. Output: the tables and --out (JSON).
 
 import json
 import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
 from mini_dlm.tasks import sudoku as tasks
-from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.tasks.rows import check_rows, held_out, load_task_model, prompt_ids
 from mini_dlm.plumbing.cli import (Parser, comma_list, parse_quick, positive_int, print_config, probability, resolve_device, run,
                           set_threads)
-from mini_dlm.sampler import generate, generate_ar
+from mini_dlm.sampler import Decoding, generate, generate_ar
 
-from roofline import device_name, timed_call
+from bench.roofline import device_name, timed_call
 
 QUICK_N = 64
 
 
 def get_parser():
-    p = Parser(description="Held-out Sudoku accuracy of a diffusion model and its AR twin, by decoder (notes/08).")
+    p = Parser(prog="python -m bench.task",
+               description="Held-out Sudoku accuracy of a diffusion model and its AR twin, by decoder (notes/08).")
     p.add_argument("--dlm", default="out-sd-mdm/ckpt.pt", help="diffusion checkpoint (train_tiny.py --task)")
     p.add_argument("--ar", default="out-sd-ar/ckpt.pt", help="AR checkpoint of the same task, seed and size")
     p.add_argument("--n", type=positive_int, default=500, help=f"held-out puzzles (at most {tasks.TEST_POOL})")
@@ -61,7 +59,7 @@ def get_parser():
     return p
 
 
-# ---- the task of a checkpoint, its held-out puzzles, the checks ------------------------------
+# ---- the answer checks, checked (mini_dlm/tasks/rows.py: check_rows) ------------------------
 
 def validate_checks(tok, sudoku, pairs):
     """The checks must tell right from wrong before they score anything."""
@@ -75,16 +73,16 @@ def validate_checks(tok, sudoku, pairs):
 # ---- decoding -------------------------------------------------------------------------------
 
 def decoders(G, n, thresholds):
-    """{name: (objective, generate's keywords)}; G cells, rows of n."""
-    out = {"ar": ("ar", {}),
-           "llada": ("mdm", dict(steps=G, block_len=G)),
-           "llada-margin": ("mdm", dict(steps=G, block_len=G, remasking="margin")),
-           "llada-random": ("mdm", dict(steps=G, block_len=G, remasking="random")),
-           "llada-rows": ("mdm", dict(steps=G, block_len=n))}
+    """{name: (objective, its sampler.Decoding or None for AR)}; G cells, rows of n."""
+    out = {"ar": ("ar", None),
+           "llada": ("mdm", Decoding(steps=G, block_len=G)),
+           "llada-margin": ("mdm", Decoding(steps=G, block_len=G, remasking="margin")),
+           "llada-random": ("mdm", Decoding(steps=G, block_len=G, remasking="random")),
+           "llada-rows": ("mdm", Decoding(steps=G, block_len=n))}
     for tau in thresholds:
         for cache in ("none", "prefix", "dual"):
-            out[f"t{tau:g}" + ("" if cache == "none" else f"-{cache}")] = ("mdm", dict(block_len=G, threshold=tau,
-                                                                                       cache=cache))
+            out[f"t{tau:g}" + ("" if cache == "none" else f"-{cache}")] = ("mdm", Decoding(block_len=G, threshold=tau,
+                                                                                           cache=cache))
     return out
 
 
@@ -99,12 +97,13 @@ def pick(table, names):
     return {n: table[n] for n in wanted}
 
 
-def decode(model, prompts, G, kw):
-    """-> (generated ids (B, G), when (B, G): the pass that committed each cell, passes per row (B,))."""
+def decode(model, prompts, G, opts):
+    """-> (generated ids (B, G), when (B, G): the pass that committed each cell, passes per row (B,));
+    opts: the Decoding of a diffusion model (an AR model takes none)."""
     if model.config.objective == "ar":
         steps = generate_ar(model, prompts, gen_len=G)
     else:
-        steps = generate(model, prompts, gen_len=G, generator=torch.Generator().manual_seed(0), **kw)
+        steps = generate(model, prompts, opts, G, torch.Generator().manual_seed(0))
     when, P = None, None
     for k, step in enumerate(steps):
         if when is None:
@@ -114,13 +113,13 @@ def decode(model, prompts, G, kw):
     return step.x[:, P:].cpu(), when, when.max(dim=1).values + 1
 
 
-def run_decoder(model, tok, sudoku, pairs, kw, batch_size, device):
+def run_decoder(model, tok, sudoku, pairs, opts, batch_size, device):
     """All puzzles through one decoder, in batches -> dict of per-puzzle tensors and the seconds."""
     G, parts, seconds = sudoku.answer_len, [], 0.0
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         prompts = [prompt_ids(tok, p) for p, _ in chunk]
-        (gen, when, passes), dt = timed_call(lambda: decode(model, prompts, G, kw), device)
+        (gen, when, passes), dt = timed_call(lambda: decode(model, prompts, G, opts), device)
         exact, valid = check_rows(tok, sudoku, chunk, gen)
         parts.append(dict(gen=gen, exact=exact, valid=valid, when=when, passes=passes))
         seconds += dt
@@ -185,7 +184,7 @@ def validate(ar, tok, sudoku, pairs):
     """Before anything is scored: the checks tell right from wrong, and AR's cache is exact."""
     validate_checks(tok, sudoku, pairs)
     prompts = [prompt_ids(tok, p) for p, _ in pairs[:4]]
-    cached, _, _ = decode(ar, prompts, sudoku.answer_len, {})
+    cached, _, _ = decode(ar, prompts, sudoku.answer_len, None)
     G = sudoku.answer_len
     plain = [s.x for s in generate_ar(ar, prompts, gen_len=G, kv_cache=False)][-1][:, -G:]
     if not torch.equal(cached, plain.cpu()):
@@ -208,8 +207,8 @@ def main(argv=None):
     results, rows = {}, []
     print(f"\n{len(pairs)} held-out {name} puzzles, batches of {args.batch_size}, {meta['device']}")
     print(f"{'decoder':<14} {'exact %':>8} {'valid %':>8} {'passes':>7} {'tok/pass':>8} {'seconds':>8}")
-    for dec, (objective, kw) in pick(decoders(sudoku.answer_len, sudoku.n, args.thresholds), args.decoders).items():
-        r, sec = run_decoder(ar if objective == "ar" else dlm, tok, sudoku, pairs, kw, args.batch_size, device)
+    for dec, (objective, opts) in pick(decoders(sudoku.answer_len, sudoku.n, args.thresholds), args.decoders).items():
+        r, sec = run_decoder(ar if objective == "ar" else dlm, tok, sudoku, pairs, opts, args.batch_size, device)
         results[dec] = r
         passes = float(r["passes"].float().mean())
         row = dict(decoder=dec, exact=float(r["exact"].float().mean()), valid=float(r["valid"].float().mean()),

@@ -2,7 +2,7 @@
 Benchmark: the speed/quality curve of Fast-dLLM's parallel decoding (notes/04), its central
 figure redrawn for a mini_dlm checkpoint.
 
-    python bench/threshold.py --ckpt out/ckpt.pt --ar out-ar/ckpt.pt
+    python -m bench.threshold --ckpt out/ckpt.pt --ar out-ar/ckpt.pt
 
 For --num-prompts validation prompts, at batch 1, it generates --gen-len tokens with LLaDA's
 one-token-per-pass schedule (the reference point), then with the threshold rule for every tau
@@ -14,24 +14,22 @@ while the perplexity stays flat.
 """
 
 import os
-import sys
-
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # mini_dlm, even uninstalled
 
 import torch
 
 from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.cli import Parser, check_out_dir, comma_list, non_negative_float, positive_float, positive_int, probability, print_config, resolve_device, run
 from mini_dlm.data import DEFAULT_DATA
-from mini_dlm.sampler import CACHES
+from mini_dlm.sampler import CACHES, Decoding
 
-from efficiency import import_pyplot, make_prompts
-from quality import decode_each, load_judge, quality
-from roofline import device_name
+from bench.common import import_pyplot, make_prompts
+from bench.quality import decode_each, load_judge, quality
+from bench.roofline import device_name
 
 
 def get_parser():
-    p = Parser(description="Tokens per pass, tokens/s and generative perplexity against Fast-dLLM's tau (and factor).")
+    p = Parser(prog="python -m bench.threshold",
+               description="Tokens per pass, tokens/s and generative perplexity against Fast-dLLM's tau (and factor).")
     p.add_argument("--ckpt", default="out/ckpt.pt", help="diffusion checkpoint")
     p.add_argument("--ar", default="out-ar/ckpt.pt", help="AR checkpoint (same tokenizer): the judge")
     p.add_argument("--data", default=DEFAULT_DATA, help="text whose validation split gives the prompts")
@@ -63,15 +61,15 @@ def main(argv=None):
     runs = [("one per pass", {}, None)] + [(f"tau {t:g}", {"threshold": t}, t) for t in args.taus] + \
            [(f"factor {f:g}", {"factor": f}, f) for f in args.factors]
 
-    decode_each(model, prompts[:1], device, gen_len=b, block_len=b)  # warm-up: thread pools, allocators
+    decode_each(model, prompts[:1], device, Decoding(block_len=b), b)  # warm-up: thread pools, allocators
     print(f"\n{len(prompts)} prompts x {G} tokens, batch 1, blocks of {b}, cache {args.cache}, "
           f"temperature {args.temperature:g}, on {device_name(device)}")
     print(f"{'decoding':<14} {'passes':>7} {'tok/pass':>8} {'tok/s':>8} {'speedup':>8} {'gen ppl':>8} {'distinct3':>9}")
     records = []
     for label, kw, value in runs:
         gen = torch.Generator(device).manual_seed(args.seed)
-        outs, seconds, passes = decode_each(model, prompts, device, gen_len=G, block_len=b, cache=args.cache,
-                                            temperature=args.temperature, generator=gen, **kw)
+        opts = Decoding(block_len=b, temperature=args.temperature, cache=args.cache, **kw)
+        outs, seconds, passes = decode_each(model, prompts, device, opts, G, gen)
         ppl, d3 = quality(ar, prompts, outs)
         n_tok = G * len(prompts)
         records.append(dict(label=label, rule=next(iter(kw), "schedule"), value=value, tok_per_pass=n_tok / passes,

@@ -9,22 +9,23 @@ line ending in a backslash continues on the next, a heredoc (<<'EOF' ... EOF) st
 that only illustrates); one after <!-- check_docs: slow --> is left out by quick.
 
 Substitutions, so that the whole check takes minutes on a 2-core CPU; what later commands
-depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths) is kept:
+depend on (--seq-len, --block-size, --docs, --objective, --out-dir, gen lengths) is kept. The
+benchmarks are the modules of the bench package, run as `python -m bench.<name>`:
   train_tiny.py        --max-iters <= 10, --batch-size <= 4, --n-layer <= 2, --n-head <= 2,
                        --n-embd <= 64, --eval-windows <= 4, --task-train <= 256, --task-test <= 32
                        (added where a default is larger)
   torchrun             --nproc_per_node <= 2
-  bench/efficiency.py  --batch-sizes 1, --repeats 1, only the shortest of --gen-lens (128 of the
+  -m bench.efficiency  --batch-sizes 1, --repeats 1, only the shortest of --gen-lens (128 of the
                        default 128,256; --quick's 64 stays), --configs ar with --compile;
                        --replot runs as written
-  bench/sampling.py    --gen-len <= 64
-  bench/length.py      --num-prompts <= 8
-  bench/decoding.py, bench/threshold.py   --num-prompts <= 4
-  bench/cloze.py       --n <= 8;  bench/cfg.py  --n <= 4, --repeats <= 1
-  bench/kernels.py     --repeats <= 2
-  bench/task.py        --n <= 16 (within the capped --task-test)
-  bench/data_constrained.py   --steps <= 8, --evals <= 2, a 1 x 32 model, --eval-windows <= 4
-  distill.py           --iters <= 2, --batch-size <= 2, --bank <= 4;  bench/few_step.py  --num-prompts <= 4
+  -m bench.sampling    --gen-len <= 64
+  -m bench.length      --num-prompts <= 8
+  -m bench.decoding, -m bench.threshold   --num-prompts <= 4
+  -m bench.cloze       --n <= 8;  -m bench.cfg  --n <= 4, --repeats <= 1
+  -m bench.kernels     --repeats <= 2
+  -m bench.task        --n <= 16 (within the capped --task-test)
+  -m bench.data_constrained   --steps <= 8, --evals <= 2, a 1 x 32 model, --eval-windows <= 4
+  distill.py           --iters <= 2, --batch-size <= 2, --bank <= 4;  -m bench.few_step  --num-prompts <= 4
 Skipped, with the reason printed:
   pip ...                      setup: CI's setup stage runs it (the scratch copy has the build)
   python -m pytest -q tests    the whole suite: CI's test stage runs it (single files do run)
@@ -40,25 +41,26 @@ from dataclasses import dataclass, field
 
 MARK = re.compile(r"<!-- check_docs: (skip|slow) -->")
 SHELL_FENCES = ("bash", "sh", "shell")
-CAPS = {  # script: {flag: (cap, the script's default)}
+BENCH = "-m bench."  # what script_of calls a benchmark: "-m bench.efficiency"
+CAPS = {  # script (as script_of names it): {flag: (cap, the script's default)}
     "train_tiny.py": {"--max-iters": (10, 5000), "--batch-size": (4, 32), "--n-layer": (2, 6), "--n-head": (2, 6),
                       "--n-embd": (64, 384), "--eval-windows": (4, 64), "--task-train": (256, 50_000),
                       "--task-test": (32, 2000)},
-    "bench/sampling.py": {"--gen-len": (64, 256)},
-    "bench/length.py": {"--num-prompts": (8, 50)},
-    "bench/decoding.py": {"--num-prompts": (4, 16)},
-    "bench/threshold.py": {"--num-prompts": (4, 16)},
-    "bench/cloze.py": {"--n": (8, 200)},
-    "bench/cfg.py": {"--n": (4, 32), "--repeats": (1, 3)},
-    "bench/kernels.py": {"--repeats": (2, 10)},
-    "bench/task.py": {"--n": (16, 500)},
-    "bench/data_constrained.py": {"--steps": (8, 1200), "--evals": (2, 12), "--n-layer": (1, 4), "--n-embd": (32, 128),
-                                  "--eval-windows": (4, 64)},
+    BENCH + "sampling": {"--gen-len": (64, 256)},
+    BENCH + "length": {"--num-prompts": (8, 50)},
+    BENCH + "decoding": {"--num-prompts": (4, 16)},
+    BENCH + "threshold": {"--num-prompts": (4, 16)},
+    BENCH + "cloze": {"--n": (8, 200)},
+    BENCH + "cfg": {"--n": (4, 32), "--repeats": (1, 3)},
+    BENCH + "kernels": {"--repeats": (2, 10)},
+    BENCH + "task": {"--n": (16, 500)},
+    BENCH + "data_constrained": {"--steps": (8, 1200), "--evals": (2, 12), "--n-layer": (1, 4), "--n-embd": (32, 128),
+                                 "--eval-windows": (4, 64)},
     "distill.py": {"--iters": (2, 300), "--batch-size": (2, 8), "--bank": (4, 64)},
-    "bench/few_step.py": {"--num-prompts": (4, 50)},
+    BENCH + "few_step": {"--num-prompts": (4, 50)},
     "torchrun": {"--nproc_per_node": (2, 1)},
 }
-SETS = {"bench/efficiency.py": {"--batch-sizes": "1", "--repeats": "1"}}  # script: {flag: value}
+SETS = {BENCH + "efficiency": {"--batch-sizes": "1", "--repeats": "1"}}  # script: {flag: value}
 
 
 @dataclass
@@ -193,7 +195,7 @@ def plan(words, gpu, quick):
             return None, "--quick: CI's test stage runs every test file"
     if quick and "--compile" in words:
         return None, "--quick: torch.compile takes minutes"
-    if script == "bench/efficiency.py":
+    if script == BENCH + "efficiency":
         if "--replot" in words:
             return words, ""
         lens = flag_values(words, "--gen-lens")  # the shortest generation length still fits the context
@@ -226,8 +228,8 @@ def resolve(cmd, gpu, quick, benched):
     if words is None:
         return None, why
     bench = (cmd.page, script_of(words))
-    if quick and bench[1].startswith("bench/") and bench in benched:
-        return None, f"--quick: {bench[1]} ran on this page already"
+    if quick and bench[1].startswith(BENCH) and bench in benched:
+        return None, f"--quick: {bench[1].removeprefix('-m ')} ran on this page already"
     benched.add(bench)
     return shlex.join(words), ""
 

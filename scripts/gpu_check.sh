@@ -10,10 +10,10 @@
 #   tests      the CUDA tests: tests/test_ext.py tests/test_ext_cuda.py
 #   memcheck, racecheck, synccheck
 #              compute-sanitizer over scripts/sanitize_ops.py (every op path, small inputs)
-#   kernels    bench/kernels.py --device cuda: validates, then times (% of measured copy GB/s)
+#   kernels    python -m bench.kernels --device cuda: validates, then times (% of measured copy GB/s)
 #   train      train_tiny.py's default config for 300 steps (ms/iter, tok/s, MFU), and an AR and
 #              a block-diffusion twin for 100 steps each (the checkpoints bench/efficiency.py needs)
-#   decode     bench/efficiency.py: every decoding configuration at batch 1 and 32, gen-len 256, both ops
+#   decode     python -m bench.efficiency: every decoding configuration at batch 1 and 32, gen-len 256, both ops
 # A step that fails is recorded and the next ones still run; once the time budget
 # (GPU_CHECK_BUDGET seconds, default 510) is spent the remaining steps are skipped.
 # Writes OUTDIR/gpu_check.log (all output) and OUTDIR/gpu_check.json (the figures,
@@ -74,14 +74,14 @@ for tool in memcheck racecheck synccheck; do
   step "$tool" 120 "${san[@]}" --tool "$tool" "$PY" scripts/sanitize_ops.py
 done
 
-step kernels 90 "$PY" bench/kernels.py --device cuda --repeats 20 --json "$work/kernels.json"
+step kernels 90 "$PY" -m bench.kernels --device cuda --repeats 20 --json "$work/kernels.json"
 
 flags=(--device cuda --eval-interval 100000 --log-interval 25)  # evaluate only at the end
 step train 120 "$PY" train_tiny.py "${flags[@]}" --max-iters 300 --out-dir "$work/mdm"
 step train_ar 60 "$PY" train_tiny.py "${flags[@]}" --max-iters 100 --objective ar --out-dir "$work/ar"
 step train_bd3 60 "$PY" train_tiny.py "${flags[@]}" --max-iters 100 --block-size 32 --out-dir "$work/bd3"
 
-step decode 180 "$PY" bench/efficiency.py --ar-ckpt "$work/ar/ckpt.pt" --dlm-ckpt "$work/mdm/ckpt.pt" \
+step decode 180 "$PY" -m bench.efficiency --ar-ckpt "$work/ar/ckpt.pt" --dlm-ckpt "$work/mdm/ckpt.pt" \
   --block-ckpt "$work/bd3/ckpt.pt" --batch-sizes 1,32 --gen-lens 256 --ops ext,torch --repeats 3 \
   --max-seconds 20 --no-plots --out "$work/decode.json"
 

@@ -6,8 +6,8 @@ summary. Usage (gpu_check.sh runs it last):
 
 Reads WORKDIR/steps.tsv (name, exit status, seconds per step), build.json (setup.py's
 record), tests.xml (pytest's JUnit XML), the sanitizer outputs (memcheck.out, ...),
-kernels.json (bench/kernels.py --json), train*.out (train_tiny.py's progress lines) and
-decode.json (bench/efficiency.py --out). Exits 1 if a step failed or was skipped.
+kernels.json (python -m bench.kernels --json), train*.out (train_tiny.py's progress lines) and
+decode.json (python -m bench.efficiency --out). Exits 1 if a step failed or was skipped.
 """
 
 import json

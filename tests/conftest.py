@@ -14,8 +14,7 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # train_tiny.py and sample.py are importable as modules
-sys.path.insert(1, os.path.join(ROOT, "bench"))  # and the benchmarks, as their scripts import each other
+sys.path.insert(0, ROOT)  # train_tiny.py and sample.py are importable as modules, the benchmarks as bench.*
 
 from mini_dlm.data import DEFAULT_DATA  # noqa: E402
 from mini_dlm.model import ModelConfig, Transformer  # noqa: E402

@@ -17,11 +17,11 @@ from conftest import tiny_model
 from mini_dlm.plumbing import backend
 from mini_dlm.kvcache import KVCache
 from mini_dlm.model import ModelConfig
-from mini_dlm.sampler import finish, generate, generate_ar
+from mini_dlm.sampler import Decoding, finish, generate, generate_ar
 
-import efficiency  # bench/ is on sys.path (conftest.py)
-from quality import distinct3, generative_nll
-from roofline import analytic_log, count_forwards, crossover_closed_form, forward_cost
+from bench import efficiency
+from bench.quality import distinct3, generative_nll
+from bench.roofline import analytic_log, count_forwards, crossover_closed_form, forward_cost
 
 
 def counted_flops(fn):

@@ -95,8 +95,8 @@ def test_caps_keep_small_values_and_every_occurrence():
     ("python -m pytest -q tests/test_ops.py", False, True, "--quick"),
     ("scripts/gpu_check.sh gpu-out", False, False, "GPU"),
     ("scripts/gpu_check.sh gpu-out", True, False, ""),
-    ("python bench/kernels.py --device cuda", False, False, "GPU"),
-    ("python bench/efficiency.py --compile", False, True, "--quick"),
+    ("python -m bench.kernels --device cuda", False, False, "GPU"),
+    ("python -m bench.efficiency --compile", False, True, "--quick"),
     ("python sample.py --ckpt out/ckpt.pt", False, True, ""),
 ])
 def test_skip_rules(command, gpu, quick, skipped):
@@ -107,18 +107,19 @@ def test_skip_rules(command, gpu, quick, skipped):
 def test_torchrun_and_benchmark_substitutions():
     words, _ = plan("OMP_NUM_THREADS=1 torchrun --nproc_per_node 8 train_tiny.py")
     assert words[:4] == ["OMP_NUM_THREADS=1", "torchrun", "--nproc_per_node", "2"] and "--max-iters" in words
-    words, _ = plan("python bench/efficiency.py --batch-sizes 1,8,64 --gen-lens 256,128")
+    words, _ = plan("python -m bench.efficiency --batch-sizes 1,8,64 --gen-lens 256,128")
     assert value(words, "--batch-sizes") == "1" and value(words, "--repeats") == "1"
     assert value(words, "--gen-lens") == "128"  # the shortest: it fits the context if any does
-    words, _ = plan("python bench/efficiency.py --compile")
+    words, _ = plan("python -m bench.efficiency --compile")
     assert value(words, "--gen-lens") == "128" and value(words, "--configs") == "ar"
-    assert "--gen-lens" not in plan("python bench/efficiency.py --quick")[0]  # --quick's own
-    assert plan("python bench/efficiency.py --replot a.json")[0] == ["python", "bench/efficiency.py", "--replot", "a.json"]
-    assert value(plan("python bench/sampling.py --gen-len 32")[0], "--gen-len") == "32"
-    assert value(plan("python bench/sampling.py")[0], "--gen-len") == "64"
+    assert "--gen-lens" not in plan("python -m bench.efficiency --quick")[0]  # --quick's own
+    assert plan("python -m bench.efficiency --replot a.json")[0] == \
+        ["python", "-m", "bench.efficiency", "--replot", "a.json"]
+    assert value(plan("python -m bench.sampling --gen-len 32")[0], "--gen-len") == "32"
+    assert value(plan("python -m bench.sampling")[0], "--gen-len") == "64"
     words, _ = plan("python train_tiny.py --task sudoku6 --task-train 100000")  # the generated task stays small
     assert value(words, "--task-train") == "256" and value(words, "--task-test") == "32"
-    assert value(plan("python bench/task.py --quick")[0], "--n") == "16"  # held-out puzzles within --task-test
+    assert value(plan("python -m bench.task --quick")[0], "--n") == "16"  # held-out puzzles within --task-test
 
 
 def test_marked_blocks(commands):
@@ -128,7 +129,7 @@ def test_marked_blocks(commands):
 
 
 def test_quick_runs_a_benchmark_once_per_page():
-    runs = [doc_commands.Command(page, 1, f"python bench/length.py --temperature {t}") for page, t in
+    runs = [doc_commands.Command(page, 1, f"python -m bench.length --temperature {t}") for page, t in
             (("a.md", 0), ("a.md", 1), ("b.md", 1))]
     for quick, expect in ((False, [True, True, True]), (True, [True, False, True])):
         benched = set()

@@ -363,7 +363,7 @@ def test_fast_sampling_flags(trained, capsys, flags):
 
 
 def test_bench_sampling_validates_then_prints_its_table(trained, trained_blocks, corpus_file, tmp_path, capsys):
-    import sampling as bench_sampling  # bench/sampling.py
+    from bench import sampling as bench_sampling
     train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", str(tmp_path), "--max-iters", "2", "--objective", "ar"])
     bench_sampling.main(["--full", os.path.join(trained, "ckpt.pt"), "--block", trained_blocks,
                          "--ar", str(tmp_path / "ckpt.pt"), "--device", "cpu", "--gen-len", "8", "--block-len", "8"])

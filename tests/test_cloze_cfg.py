@@ -12,8 +12,8 @@ import torch
 from conftest import spread, tiny_model
 from mini_dlm.plumbing.cli import run
 
-import cfg as bench_cfg  # bench/ is on sys.path (conftest.py)
-import cloze
+from bench import cfg as bench_cfg
+from bench import cloze
 
 
 def test_window_starts_spread_evenly_and_fit():

@@ -2,14 +2,11 @@
 python -m pytest -q tests/test_data_constrained.py"""
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-import data_constrained  # noqa: E402
-from mini_dlm.plumbing.cli import run  # noqa: E402
+from bench import data_constrained
+from mini_dlm.plumbing.cli import run
 
 
 def test_tiny_study_runs_both_objectives_on_every_slice(corpus_file, tmp_path, capsys):

@@ -3,20 +3,17 @@ bench/few_step.py end to end on tiny models. python -m pytest -q tests/test_dist
 
 import json
 import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import distill
+from bench import few_step
 from conftest import spread, tiny_model
 from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.distillation.sdtt import sdtt_loss, sdtt_targets
 from test_cli import fails_cleanly
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-import few_step  # noqa: E402
 
 
 def batch(model, B=6, L=40, seed=0):

@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 
-import efficiency  # bench/ is on sys.path (conftest.py)
-import task as task_bench
 import train_tiny
+from bench import efficiency
+from bench import task as task_bench
 from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.cli import run
