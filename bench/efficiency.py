@@ -1,5 +1,5 @@
 """
-End-to-end efficiency study (notes/00-spec.md section 6, notes/06): tokens per second of AR decoding
+End-to-end efficiency study (notes/appendix-spec.md section 6, notes/06): tokens per second of AR decoding
 with a KV cache and of the diffusion samplers, across batch sizes, with a quality figure and
 a roofline. The question of "How Efficient Are Diffusion Language Models?" (2025), on models
 trained here.

@@ -1,5 +1,5 @@
 """
-The efficiency model of notes/06 (notes/00-spec.md section 6, after "How Efficient Are Diffusion
+The efficiency model of notes/06 (notes/appendix-spec.md section 6, after "How Efficient Are Diffusion
 Language Models?", 2025): what one forward pass costs in FLOPs and bytes, the device's two
 roofs measured, and from them the throughput a decoding method can reach at batch B.
 

@@ -38,7 +38,7 @@ import tempfile
 import time
 
 from doc_commands import checkpoints_read, page_commands, resolve, trained_dir
-from doc_pointers import broken_pointers, find_pointers, tracked_files
+from doc_pointers import broken_pointers, find_pointers, stale_counts, tracked_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,13 +114,19 @@ def pages(selected):
 
 
 def check_pointers(chosen):
-    """Print the broken code pointers of the chosen pages and a count; the number broken."""
-    found = [p for page in chosen for p in find_pointers(page, open(os.path.join(ROOT, page)).read())]
+    """Print the broken code pointers and stale line counts of the chosen pages and a count;
+    the number broken."""
+    texts = {page: open(os.path.join(ROOT, page)).read() for page in chosen}
+    found = [p for page, text in texts.items() for p in find_pointers(page, text)]
     broken = broken_pointers(found, ROOT, tracked_files(ROOT))
     for p, why in broken:
         print(f"{p.page}:{p.line}: {p}: {why}")
-    print(f"check_docs: {len(found)} code pointers in {len(chosen)} pages, {len(broken)} broken", flush=True)
-    return len(broken)
+    counts = [row for page, text in texts.items() for row in stale_counts(page, text, ROOT)]
+    for where, path, written, actual in counts:
+        print(f"{where}: {path} has {actual} lines, the table says {written}")
+    print(f"check_docs: {len(found)} code pointers in {len(chosen)} pages, {len(broken)} broken; "
+          f"{len(counts)} stale line counts", flush=True)
+    return len(broken) + len(counts)
 
 
 def main(argv=None):

@@ -21,6 +21,9 @@ Resolving the path: relative to the repository root; a path that is not there (`
 Defining a name: a top-level def, async def, class or assignment (annotated or a tuple target)
 of the file; `A.b`: b is a def, class or assignment in the body of the top-level class A
 (dataclass fields included). An import is not a definition: a re-export moves with its source.
+
+Line counts: a table row that names one file and its lines, `| `path` | 211 |` (after an
+optional `| 3 |` rank column), must give the file's line count (stale_counts).
 """
 
 import ast
@@ -143,4 +146,22 @@ def broken_pointers(pointers, root, files):
             why = why and f"{why} ({path})"
         if why:
             out.append((p, why))
+    return out
+
+
+COUNT_ROW = re.compile(r"^\|(?: \d+ \|)? `([^`,]+)` \| (\d[\d,]*) \|", re.M)
+
+
+def stale_counts(page, markdown, root):
+    """[(page:line, path, written, actual)] for the rows of a page's file tables whose count is
+    not the number of lines of the one file they name (rows of folders or of several files
+    are not checked)."""
+    out = []
+    for m in COUNT_ROW.finditer(markdown):
+        path, written = m.group(1), int(m.group(2).replace(",", ""))
+        if os.path.isfile(os.path.join(root, path)):
+            with open(os.path.join(root, path), "rb") as f:
+                actual = f.read().count(b"\n")
+            if actual != written:
+                out.append((f"{page}:{markdown.count(chr(10), 0, m.start()) + 1}", path, written, actual))
     return out

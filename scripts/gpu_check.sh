@@ -57,7 +57,7 @@ step build 300 "$PY" -m pip install --no-deps --no-build-isolation -e .
 cp mini_dlm/_build.json "$work/build.json" 2>/dev/null
 step registered 60 "$PY" -c "
 import torch
-from mini_dlm import backend
+from mini_dlm.plumbing import backend
 cuda = torch.device('cuda')
 assert torch.cuda.is_available(), 'torch sees no GPU'
 missing = [op for op in ('unmask', 'block_attention') if not backend.has_kernel(op, cuda)]

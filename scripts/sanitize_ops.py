@@ -37,13 +37,14 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
         eligible = torch.rand(B, L) < 0.6
         tokens = torch.full((B, L), V - 1)
         scores = torch.rand(B, L, dtype=torch.float64)
+        rule = ops.Rule(remasking, temperature, mode.get("threshold"), mode.get("factor"),
+                        mode.get("factor_rule", "fastdllm"), banned=(V - 1, 7), demote=tuple(mode.get("demote", ())))
+        k = mode.get("k")
         t1, e1 = tokens.clone(), eligible.clone()
-        n1 = ops.unmask_reference(logits, t1, e1, remasking=remasking, scores=scores, temperature=temperature, banned=[V - 1, 7],
-                                  **mode)
+        n1 = ops.unmask_reference(logits, t1, e1, rule, k, scores=scores)
         t2, e2 = tokens.to(cuda), eligible.to(cuda)
-        cuda_mode = {k: (v.to(cuda) if torch.is_tensor(v) else v) for k, v in mode.items()}
-        n2 = ops.unmask(flat.to(cuda)[1:].view(B, L, V), t2, e2, remasking=remasking, scores=scores.to(cuda),
-                        temperature=temperature, banned=[V - 1, 7], **cuda_mode)
+        n2 = ops.unmask(flat.to(cuda)[1:].view(B, L, V), t2, e2, rule, None if k is None else k.to(cuda),
+                        scores=scores.to(cuda))
         if not (torch.equal(t1, t2.cpu()) and torch.equal(e1, e2.cpu()) and torch.equal(n1, n2.cpu())):
             failures.append(("unmask", dtype, remasking, mode, temperature))
 

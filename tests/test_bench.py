@@ -84,7 +84,7 @@ def test_scaled_prediction_matches_a_bigger_batch():
 
 
 def test_ar_decode_is_memory_bound_and_no_cache_dlm_compute_bound():
-    """notes/00-spec.md section 6 in numbers: intensity ~ B*T (in bf16)."""
+    """notes/appendix-spec.md section 6 in numbers: intensity ~ B*T (in bf16)."""
     cfg = ModelConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=32768, seq_len=1024)
     f, w, r = forward_cost(cfg, 1, 1, 512, 1, True, 2)
     assert 0.5 < f / (w + r) < 2  # AR decode, batch 1: ~1 FLOP per byte
