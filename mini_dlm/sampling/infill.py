@@ -7,7 +7,7 @@ A template becomes one canvas: each piece of fixed text is tokenized on its own 
 straddles a blank's edge) and each blank becomes N mask tokens, [text, M * N, text, ...].
 sampler.denoise then fills it: only the blanks' positions are eligible, so the fixed text
 never changes, and the blocks run left to right over the span from the first blank to the end
-of the last (notes/appendix-spec.md section 3, "Infilling"). An AR model cannot infill: it never
+of the last (notes/appendix-spec.md section 9, "Infilling"). An AR model cannot infill: it never
 sees the text to the right of a blank.
 
 A full-attention model sees the whole template at every step, text after the last blank
