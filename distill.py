@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from mini_dlm.plumbing.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from mini_dlm.plumbing.checkpoint import load_checkpoint, save_checkpoint
+from mini_dlm.plumbing.files import atomic_save
 from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, non_negative_float, positive_int, print_config,
                           resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data

@@ -184,9 +184,10 @@ def decoding(args, eot_id, block_size):
         return Decoding(block_len=block_size or 32, temperature=args.temperature, remasking=args.remasking,
                         threshold=args.threshold, cache=args.cache, cfg_scale=args.cfg_scale,
                         confidence_eos_eot_inf=args.confidence_eos_eot_inf, eot_id=eot_id)
-    return Decoding(args.steps, args.block_len, args.temperature, args.remasking, args.threshold, args.factor,
-                    args.factor_rule, args.cache, args.cfg_scale, args.logits_eos_inf, args.confidence_eos_eot_inf,
-                    eot_id)
+    return Decoding(steps=args.steps, block_len=args.block_len, temperature=args.temperature, remasking=args.remasking,
+                    threshold=args.threshold, factor=args.factor, factor_rule=args.factor_rule, cache=args.cache,
+                    cfg_scale=args.cfg_scale, logits_eos_inf=args.logits_eos_inf,
+                    confidence_eos_eot_inf=args.confidence_eos_eot_inf, eot_id=eot_id)
 
 
 def sampler(args, model, start, generator, eot_id, P):

@@ -19,7 +19,8 @@ What the later chapters add, hooked in from outside the core:
     distillation/  few-step students: SDTT (sdtt.py), distribution matching (didi.py)  notes 10
 
 Plumbing the scripts share:
-    plumbing/      cli.py (flag types, one-line errors, device, threads), checkpoint.py (atomic
-                   save, safe load, new_model), checks.py (argument checks at the core's boundary),
-                   backend.py (compiled kernels or the references), distributed.py (torchrun + DDP)
+    plumbing/      cli.py (flag types, one-line errors, device, threads), checkpoint.py (save, load,
+                   new_model), files.py (atomic writes, safe loads), checks.py (argument checks at
+                   the core's boundary), backend.py (compiled kernels or the references),
+                   distributed.py (torchrun + DDP)
 """

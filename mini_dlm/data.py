@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from mini_dlm.plumbing.checkpoint import atomic_save, safe_load
+from mini_dlm.plumbing.files import atomic_save, safe_load
 from mini_dlm.tokenizer import Tokenizer
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -234,5 +234,15 @@ def test_every_name_of_a_list_is_checked(repo):
         "pkg/gumbel.py: f": "not defined (pkg/gumbel.py)", "pkg/gumbel.py: g": "not defined (pkg/gumbel.py)"}
 
 
+def test_file_tables_give_each_file_its_line_count(repo):
+    """A row `| [n |] `path` | lines |` of one file must count its lines; rows of folders or of
+    several files are not checked."""
+    lines = open(os.path.join(repo, "pkg/sampler.py")).read().count("\n")
+    table = (f"| file | lines |\n| `pkg/sampler.py` | {lines} |\n| 2 | `pkg/sampler.py` | {lines + 1} |\n"
+             f"| `pkg/` | 7 |\n| `pkg/sampler.py`, `gumbel.py` | 1 |\n| `pkg/gumbel.py` | 1,000 |\n")
+    assert doc_pointers.stale_counts("README.md", table, repo) == [
+        ("README.md:3", "pkg/sampler.py", lines + 1, lines), ("README.md:6", "pkg/gumbel.py", 1000, 2)]
+
+
 def test_the_real_docs_have_no_broken_pointers(capsys):
     assert check_docs.check_pointers(check_docs.pages(None)) == 0, capsys.readouterr().out

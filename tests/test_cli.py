@@ -58,6 +58,21 @@ def test_resume_continues_from_the_saved_step(trained, corpus_file, capsys):
     assert torch.load(os.path.join(trained, "ckpt.pt"), weights_only=True)["step"] == 9
 
 
+def test_resume_restores_the_settings_and_refuses_another_model(corpus_file, tmp_path, capsys):
+    """--resume takes the run's settings from its checkpoint as defaults: a flag given may change
+    the run's length or learning rate, not the model, its tokenizer or its data."""
+    out = str(tmp_path)
+    train_tiny.main(TINY + ["--data", corpus_file, "--out-dir", out, "--max-iters", "2", "--eval-interval", "2",
+                            "--lr", "0.002"])
+    train_tiny.main(["--out-dir", out, "--resume", "--max-iters", "3", "--device", "cpu"])  # no other flag
+    ckpt = torch.load(os.path.join(out, "ckpt.pt"), weights_only=True)
+    tc = ckpt["train_config"]
+    assert ckpt["step"] == 3 and tc["max_iters"] == 3  # given
+    assert (tc["lr"], tc["batch_size"], tc["seq_len"], tc["data"]) == (0.002, 4, 32, corpus_file)  # restored
+    fails_cleanly(train_tiny.main, ["--out-dir", out, "--resume", "--n-embd", "64", "--seq-len", "48"], capsys,
+                  "--resume continues the run as it was trained, with --n-embd 32, --seq-len 32: leave those flags out")
+
+
 def test_same_seed_same_weights(corpus_file, tmp_path):
     runs = []
     for name in ("a", "b", "a"):  # the third run repeats "a" and reuses its token cache

@@ -175,3 +175,19 @@ def test_mask_token_never_emitted_with_caches(cache, block_size):
     x, _ = finish(generate(model, [[1, 2], [3, 4, 5, 6]], Decoding(steps=16, block_len=8, threshold=0.5, cache=cache),
                            gen_len=16))
     assert not (x[:, -16:] == model.config.mask_id).any()
+
+
+def test_decoding_options_are_checked_once_when_built():
+    """A Decoding checks itself before any model is seen, and is frozen, so what was checked
+    stays what runs; what depends on the model is checked when denoise starts."""
+    import dataclasses
+    for kw, match in [({"cache": "bogus"}, "cache must be one of"), ({"block_len": 0}, "block-len must be positive"),
+                      ({"temperature": -1.0}, "temperature must be"), ({"steps": 0}, "steps must be positive"),
+                      ({"cfg_scale": float("nan")}, "--cfg-scale")]:
+        with pytest.raises(ValueError, match=match):
+            Decoding(**kw)
+    opts = Decoding(threshold=0.9, cache="block")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.threshold = 2.0
+    with pytest.raises(ValueError, match="needs a block-diffusion checkpoint"):
+        next(generate(tiny_model(), [1, 2], opts, gen_len=32))

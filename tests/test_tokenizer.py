@@ -70,3 +70,11 @@ def test_useful_lengths():
     gen = torch.tensor([[1, 2, 3, 4], [E, 1, 2, 3], [1, E, E, 2], [1, 2, 3, E]])
     assert useful_lengths(gen, E).tolist() == [4, 0, 1, 3]
     assert useful_lengths(torch.zeros(2, 0, dtype=torch.long), E).tolist() == [0, 0]
+
+
+def test_a_text_too_small_for_the_vocabulary_is_refused():
+    """Tokenizer.train gives exactly vocab_size ids (the model's embedding is built for them), or
+    says how many the text yields."""
+    with pytest.raises(ValueError, match=r"yields only 26\d token ids, not the 2048 of --vocab-size"):
+        Tokenizer.train("to be or not to be", 2048)
+    assert Tokenizer.train("to be or not to be", MIN_VOCAB + 2).vocab_size == MIN_VOCAB + 2

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from mini_dlm.data import CACHE_VERSION, load_cache
 from mini_dlm.diffusion import elbo_loss, forward_process, x0_logits
-from mini_dlm.plumbing.checkpoint import atomic_save, load_checkpoint
+from mini_dlm.plumbing.checkpoint import load_checkpoint
+from mini_dlm.plumbing.files import atomic_save
 from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.tokenizer import Tokenizer
 
