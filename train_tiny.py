@@ -12,7 +12,8 @@ Train a tiny masked diffusion LM (or its AR twin) on a text file.
     torchrun --nproc_per_node 8 train_tiny.py     # DDP on 8 GPUs, same global batch
 
 Writes <out-dir>/ckpt.pt (weights, optimizer, config, tokenizer, step) atomically at every
-evaluation, at the end, and on Ctrl-C. --resume continues from it.
+evaluation, at the end, and on Ctrl-C. --resume continues from it, with the settings it was
+trained with as the defaults.
 """
 
 import argparse
@@ -306,7 +307,7 @@ def describe(run_config, model, train_ids, val_ids, start, seconds, world):
 
 def random_streams(seed, world):
     """(batch generator, noise generator). Batches and masking noise are the same streams on every
-    rank, and each rank keeps its rows of the global draw (train_rows, diffusion.draw_noise's
+    rank, and each rank keeps its rows of the global draw (loop's rows, diffusion.draw_noise's
     shard): together the ranks train on exactly what one process would. Dropout must differ
     between ranks, so under DDP the noise gets a generator of its own, seeded alike, and the
     global stream (dropout) a seed per rank. Without DDP the noise draws from the global stream."""
