@@ -80,9 +80,18 @@ def find_pointers(page, markdown):
 
 
 def tracked_files(root):
-    """The files git tracks under root: where a bare path (`sampler.py`) is looked for."""
-    return subprocess.run(["git", "ls-files"], cwd=root, check=True, capture_output=True,
-                          text=True).stdout.split()
+    """The files git tracks under root: where a bare path (`sampler.py`) is looked for. Outside a
+    git checkout (CI's copy of the tree for the CUDA build) the files found there, but in hidden
+    and build folders."""
+    git = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    if git.returncode == 0:
+        return git.stdout.split()
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("build", "dist", "__pycache__")
+                         and not d.endswith(".egg-info")]
+        found += [os.path.relpath(os.path.join(folder, f), root) for f in files]
+    return sorted(found)
 
 
 def resolve_path(path, root, files):
