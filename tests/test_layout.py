@@ -31,3 +31,16 @@ def test_the_package_map_names_every_module():
                glob.glob(os.path.join(ROOT, "mini_dlm", "**", "*.py"), recursive=True)]
     missing = [m for m in modules if not m.endswith("__init__.py") and os.path.basename(m) not in doc]
     assert missing == [] and len(modules) > len(CORE)
+
+
+def test_code_stats_counts_parameters_and_lines(tmp_path):
+    """scripts/code_stats.py: self and cls do not count, *args and **kw count one each; a
+    function's lines run from def to its last line; the top level is the package's own files."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import code_stats
+    path = tmp_path / "m.py"
+    path.write_text("class A:\n    def f(self, a, b=1, *rest, c, **kw):\n        '''doc'''\n        return a\n\n\n"
+                    "def g():\n    pass\n")
+    assert sorted(code_stats.functions(str(path))) == [(0, 2, "g"), (5, 3, "f")]
+    top = code_stats.package_lines("mini_dlm")["top level"]
+    assert top == (len(CORE) + 1, sum(code_stats.lines(p) for p in glob.glob(os.path.join(ROOT, "mini_dlm", "*.py"))))
