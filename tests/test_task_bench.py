@@ -59,6 +59,8 @@ def test_train_task_resumes(ckpts, capsys):
     (["--seq-len", "64"], "rows are 73 tokens"),  # the cpu preset's own --seq-len, given: still refused
     (["--docs"], "no --docs"),
     (["--task", "sudoku4"], "invalid choice"),
+    (["--vocab-size", "300"], "tokens are bytes (258 ids): leave --vocab-size out"),
+    (["--complementary-masks"], "no --docs, --block-size, --complementary-masks"),
 ])
 def test_train_task_bad_flags(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
