@@ -34,7 +34,8 @@ def left_columns(pos, block_size):
     block diffusion's [x_t ; x0] (mini_dlm/diffusion.py: x0_logits), the one forward whose
     positions run 0..L-1 twice, where it is bd3_left."""
     T = pos.shape[-1]
-    if block_size and pos.dim() == 1 and T % 2 == 0 and torch.equal(pos, torch.arange(T // 2, device=pos.device).repeat(2)):
+    twice = pos.dim() == 1 and T % 2 == 0 and torch.equal(pos, torch.arange(T // 2, device=pos.device).repeat(2))
+    if block_size and twice:
         return bd3_left(T // 2, block_size, pos.device)
     return torch.arange(T, device=pos.device) - 1
 
