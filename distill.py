@@ -31,10 +31,10 @@ import torch
 from mini_dlm.plumbing.checkpoint import load_checkpoint, save_checkpoint
 from mini_dlm.plumbing.files import atomic_save
 from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, non_negative_float, positive_int, print_config,
-                          resolve_device, run, set_threads)
+                                   resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA, get_batch, prepare_data
 from mini_dlm.distillation.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rewards, rollout,
-                           start_states)
+                                        start_states)
 from mini_dlm.distillation.sdtt import sdtt_loss, sdtt_targets
 
 METHODS = ("sdtt", "didi")

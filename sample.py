@@ -11,15 +11,15 @@ Sample from a checkpoint written by train_tiny.py.
     python sample.py --prompt "ROMEO:" --gen-len 64 --cfg-scale 1     # classifier-free guidance
 
 Diffusion checkpoints use LLaDA's reverse process with Fast-dLLM's options (mini_dlm/sampler.py:
-generate, the flags in one Decoding); block-diffusion checkpoints (trained with --block-size) sample with their own block
-length and may use the exact --cache block. AR checkpoints decode left to right with their exact
-KV cache, one new token per forward pass (generate_ar), ignoring --steps, --block-len,
---remasking, --threshold, --factor, --factor-rule, --cache and LLaDA's two end-of-text switches.
---gen-len auto (full-attention checkpoints trained with --docs) sizes the canvas as it goes
-(mini_dlm/sampling/length.py: generate_dynamic, DAEDAL) and cuts each sample at its end-of-text.
---infill TEXT fills the blanks {N} of a template instead of continuing a prompt (mini_dlm/sampling/infill.py,
-diffusion checkpoints only); the filled parts print between FILL_MARKS. --cfg-scale S guides any
-diffusion sampler (mini_dlm/sampling/guidance.py).
+generate; the flags become one Decoding); block-diffusion checkpoints (trained with --block-size)
+sample with their own block length and may use the exact --cache block. AR checkpoints decode left
+to right with their exact KV cache, one new token per forward pass (generate_ar), ignoring
+--steps, --block-len, --remasking, --threshold, --factor, --factor-rule, --cache and LLaDA's two
+end-of-text switches. --gen-len auto (full-attention checkpoints trained with --docs) sizes the
+canvas as it goes (mini_dlm/sampling/length.py: generate_dynamic, DAEDAL) and cuts each sample at
+its end-of-text. --infill TEXT fills the blanks {N} of a template instead of continuing a prompt
+(mini_dlm/sampling/infill.py, diffusion checkpoints only); the filled parts print between
+FILL_MARKS. --cfg-scale S guides any diffusion sampler (mini_dlm/sampling/guidance.py).
 """
 
 import argparse
@@ -32,7 +32,7 @@ import torch
 from mini_dlm.plumbing.checkpoint import load_checkpoint
 from mini_dlm.plumbing.backend import BACKENDS, backends_ran, describe_backend, reset_backends_ran, set_backend
 from mini_dlm.plumbing.cli import (Parser, autocast, non_negative_float, positive_float, positive_int, print_config,
-                          probability, resolve_device, run, set_threads)
+                                   probability, resolve_device, run, set_threads)
 from mini_dlm.plumbing.checks import FACTOR_RULES, REMASKING
 from mini_dlm.sampler import CACHES, Decoding, denoise, finish, generate, generate_ar
 from mini_dlm.sampling import guidance

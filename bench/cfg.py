@@ -32,8 +32,8 @@ import os
 
 import torch
 
-from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, parse_quick, positive_int,
-                          print_config, probability, resolve_device, run)
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, parse_quick,
+                                   positive_int, print_config, probability, resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.sampling import guidance
 from mini_dlm.sampler import CACHES, Decoding, NoCache, finish, generate, make_canvas

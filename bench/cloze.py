@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, parse_quick, positive_int, print_config,
-                          resolve_device, run)
+                                   resolve_device, run)
 from mini_dlm.data import DEFAULT_DATA, read_text, split_text
 from mini_dlm.sampler import Decoding, denoise, finish, generate_ar
 

@@ -15,8 +15,8 @@ import os
 
 import torch
 
-from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, positive_int, print_config,
-                          resolve_device, run, set_threads)
+from mini_dlm.plumbing.cli import (Parser, autocast, check_out_dir, comma_list, non_negative_float, positive_int,
+                                   print_config, resolve_device, run, set_threads)
 from mini_dlm.data import DEFAULT_DATA
 from mini_dlm.plumbing.checks import REMASKING
 from mini_dlm.sampler import Decoding, finish, generate

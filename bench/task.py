@@ -33,8 +33,8 @@ import torch
 
 from mini_dlm.tasks import sudoku as tasks
 from mini_dlm.tasks.rows import check_rows, held_out, load_task_model, prompt_ids
-from mini_dlm.plumbing.cli import (Parser, comma_list, parse_quick, positive_int, print_config, probability, resolve_device, run,
-                          set_threads)
+from mini_dlm.plumbing.cli import (Parser, comma_list, parse_quick, positive_int, print_config, probability,
+                                   resolve_device, run, set_threads)
 from mini_dlm.sampler import Decoding, generate, generate_ar
 
 from bench.roofline import device_name, timed_call

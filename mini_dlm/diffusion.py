@@ -169,14 +169,14 @@ def evaluate(model, val_ids, seq_len, batch_size=32, max_windows=64, n_t=8, seed
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     for i in range(0, len(windows), batch_size):
-        w = windows[i:i + batch_size]
+        w = windows[i:i + batch_size].to(device)
         if model.config.objective == "ar":
-            total += loss(model, w.to(device), None, None).item() * len(w)
+            total += loss(model, w, None, None).item() * len(w)
             continue
         for j in range(n_t):
             t = torch.full((len(w),), (j + 0.5) / n_t)
             u = torch.rand((len(w), w.shape[1] - 1), generator=gen)  # masks drawn on the CPU
-            total += loss(model, w.to(device), t.to(device), u.to(device)).item() * len(w) / n_t
+            total += loss(model, w, t.to(device), u.to(device)).item() * len(w) / n_t
     model.train(was_training)
     nats = total / len(windows)
     return {"nats": nats, "ppl": math.exp(min(nats, 700.0))}

@@ -123,12 +123,12 @@ def unmask(logits, tokens, eligible, rule, k=None, seed=0, scores=None):
     record("unmask", ext)
     if not ext:
         return unmask_reference(logits, tokens, eligible, rule, k, seed, scores)
-    r = rule
-    name = "schedule" if k is not None else "threshold" if r.threshold is not None else OP_RULES[r.factor_rule]
-    scores = scores.double() if r.remasking == "random" else None
-    return torch.ops.mini_dlm.unmask(_rows(logits), tokens, eligible, [int(b) for b in r.banned],
-                                     [int(d) for d in r.demote], k, float(r.threshold or 0.0), float(r.factor or 0.0),
-                                     name, r.remasking, scores, float(r.temperature), signed64(int(seed)))
+    name = "schedule" if k is not None else "threshold" if rule.threshold is not None else OP_RULES[rule.factor_rule]
+    scores = scores.double() if rule.remasking == "random" else None
+    return torch.ops.mini_dlm.unmask(_rows(logits), tokens, eligible, [int(b) for b in rule.banned],
+                                     [int(d) for d in rule.demote], k, float(rule.threshold or 0.0),
+                                     float(rule.factor or 0.0), name, rule.remasking, scores, float(rule.temperature),
+                                     signed64(int(seed)))
 
 
 if HAS_EXT:

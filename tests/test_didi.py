@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import distill
 from conftest import spread, tiny_model
 from mini_dlm.plumbing.checkpoint import load_checkpoint
-from mini_dlm.distillation.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rollout, start_states)
+from mini_dlm.distillation.didi import (Discriminator, discriminator_loss, group_normalise, log_prob, rollout,
+                                        start_states)
 from test_cli import fails_cleanly
 
 

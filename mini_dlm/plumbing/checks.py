@@ -121,7 +121,6 @@ def check_steps(steps, n_masks):
 
 # ---- the ops' arguments -----------------------------------------------------------------
 
-
 def _host_checkable(t):
     """Whether a check may read t's values here: on the CPU, outside torch.compile. Reading a
     GPU tensor's values would synchronise with the device (and break CUDA graph capture), and
